@@ -1,0 +1,49 @@
+"""Atomic writes: a reader sees either the old file or the complete new one, never a partial one."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `target`; rename it onto `target` only if the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_bytes(target: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json(target: str | os.PathLike, obj: Any) -> None:
+    write_bytes(target, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def write_table(target: str | os.PathLike, frame: pd.DataFrame) -> None:
+    """Write a DataFrame as CSV or Parquet, chosen by the target's suffix."""
+    target = Path(target)
+    with atomic_path(target) as tmp:
+        if target.suffix == ".parquet":
+            frame.to_parquet(tmp, index=False)
+        elif target.suffix == ".csv":
+            frame.to_csv(tmp, index=False)
+        else:
+            raise ValueError(f"write_table: unsupported suffix {target.suffix!r} for {target}")

@@ -1,0 +1,177 @@
+"""CelebA and LFW: official sources, on-disk layouts and protocol files.
+
+A dataset root is laid out as the official archives extract:
+    CelebA: <root>/img_align_celeba/*.jpg (aligned) or <root>/img_celeba/*.jpg (in the wild),
+            <root>/identity_CelebA.txt
+    LFW:    <root>/<variant folder>/<Name>/<Name>_<NNNN>.jpg, <root>/pairs.txt
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from facedata.fetch import Remote
+
+_DRIVE = "https://drive.usercontent.google.com/download?export=download&confirm=t&id="
+_UMASS = "http://vis-www.cs.umass.edu/lfw/"
+_FIGSHARE = "https://ndownloader.figshare.com/files/"
+
+# CelebA files on the authors' Google Drive; ids and MD5s as listed by torchvision's CelebA class.
+CELEBA_IDENTITY = Remote(
+    "identity_CelebA.txt",
+    _DRIVE + "1_ee_0u7vcNLOfNLegJRHmolfH5ICW-XS",
+    "md5:32bd1bd63d3c78cd57e08160ec5ed1e2",
+    google_drive_id="1_ee_0u7vcNLOfNLegJRHmolfH5ICW-XS",
+)
+CELEBA_ARCHIVES = {
+    "aligned": Remote(
+        "img_align_celeba.zip",
+        _DRIVE + "0B7EVK8r0v71pZjFTYXZWM3FlRnM",
+        "md5:00d2c5bc6d35e252742224ab0c1e8fcb",
+        google_drive_id="0B7EVK8r0v71pZjFTYXZWM3FlRnM",
+    ),
+}
+CELEBA_FOLDERS = {"aligned": "img_align_celeba", "wild": "img_celeba"}
+
+# LFW on the UMass site (MD5s as torchvision lists them); figshare mirrors (SHA-256 as scikit-learn
+# lists them) where one exists, preferred because the UMass site is often down.
+LFW_PAIRS = Remote(
+    "pairs.txt", _FIGSHARE + "5976006", "sha256:ea42330c62c92989f9d7c03237ed5d591365e89b3e649747777b70e692dc1592"
+)
+LFW_ARCHIVES = {
+    "original": Remote(
+        "lfw.tgz", _FIGSHARE + "5976018", "sha256:055f7d9c632d7370e6fb4afc7468d40f970c34a80d4c6f50ffec63f5a8d536c0"
+    ),
+    "funneled": Remote(
+        "lfw-funneled.tgz",
+        _FIGSHARE + "5976015",
+        "sha256:b47c8422c8cded889dc5a13418c4bc2abbda121092b3533a83306f90d900100a",
+    ),
+    "deepfunneled": Remote(
+        "lfw-deepfunneled.tgz", _UMASS + "lfw-deepfunneled.tgz", "md5:68331da3eb755a505a502b5aacb3c201"
+    ),
+}
+LFW_FOLDERS = {"original": "lfw", "funneled": "lfw_funneled", "deepfunneled": "lfw-deepfunneled"}
+
+DATASETS = ("celeba", "lfw")
+
+
+class ProtocolFileError(ValueError):
+    """A malformed protocol file; the message names the file and line."""
+
+
+def image_folder(dataset: str, variant: str) -> str:
+    folders = {"celeba": CELEBA_FOLDERS, "lfw": LFW_FOLDERS}[dataset]
+    if variant not in folders:
+        raise ValueError(f"data.{dataset}.variant must be one of {sorted(folders)}, got {variant!r}")
+    return folders[variant]
+
+
+def remotes(dataset: str, variant: str) -> list[Remote]:
+    """Files to download for a dataset variant, archives last."""
+    if dataset == "celeba":
+        if variant not in CELEBA_ARCHIVES:
+            raise ValueError(
+                f"CelebA '{variant}' images come as a multi-part 7z archive that this suite does not "
+                "download; extract img_celeba/ yourself and set data.celeba.root"
+            )
+        return [CELEBA_IDENTITY, CELEBA_ARCHIVES[variant]]
+    image_folder(dataset, variant)
+    return [LFW_PAIRS, LFW_ARCHIVES[variant]]
+
+
+# --- CelebA identities --------------------------------------------------------------------------
+
+
+def read_identities(path: Path) -> dict[str, str]:
+    """Parse identity_CelebA.txt (`<file> <identity>` per line) into {file: identity}."""
+    identities: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != 2 or not fields[1].isdigit():
+            raise ProtocolFileError(f"{path}:{number}: expected '<file> <identity number>', got {line!r}")
+        if fields[0] in identities:
+            raise ProtocolFileError(f"{path}:{number}: {fields[0]} is listed twice")
+        identities[fields[0]] = fields[1]
+    return identities
+
+
+def eligible_identities(identities: dict[str, str], min_images: int) -> list[str]:
+    """Identities with at least `min_images` images, in the protocol's fixed order (ascending number)."""
+    counts: dict[str, int] = {}
+    for identity in identities.values():
+        counts[identity] = counts.get(identity, 0) + 1
+    return sorted((i for i, n in counts.items() if n >= min_images), key=int)
+
+
+# --- LFW pairs.txt ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LfwPair:
+    fold: int  # 0-based
+    same: bool
+    first: str  # key of the first image (kept)
+    second: str  # key of the second image (the one anonymised)
+
+
+def lfw_key(name: str, number: int) -> str:
+    return f"{name}/{name}_{number:04d}.jpg"
+
+
+_NAME = re.compile(r"^[^\s/\\]+$")
+
+
+def parse_pairs(path: Path) -> list[LfwPair]:
+    """Strict parser for LFW's pairs.txt: header `<folds> <n>`, then per fold n same and n different lines."""
+    lines = path.read_text().splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise ProtocolFileError(f"{path}: empty file")
+    header = lines[0].split()
+    if len(header) != 2 or not all(v.isdigit() and int(v) > 0 for v in header):
+        raise ProtocolFileError(f"{path}:1: expected header '<folds> <pairs per class>', got {lines[0]!r}")
+    folds, per_class = map(int, header)
+    expected = 1 + folds * 2 * per_class
+    if len(lines) != expected:
+        raise ProtocolFileError(
+            f"{path}: header {lines[0]!r} promises {expected - 1} pair lines, found {len(lines) - 1}"
+        )
+    pairs = []
+    for number, line in enumerate(lines[1:], start=2):
+        fold, position = divmod(number - 2, 2 * per_class)
+        same = position < per_class
+        fields = line.split("\t") if "\t" in line else line.split()
+        want = 3 if same else 4
+        kind = "same-person 'name n1 n2'" if same else "different-person 'name1 n1 name2 n2'"
+        if len(fields) != want:
+            raise ProtocolFileError(f"{path}:{number}: fold {fold + 1} expects a {kind} line here, got {line!r}")
+        names = [fields[0]] if same else [fields[0], fields[2]]
+        numbers = fields[1:3] if same else [fields[1], fields[3]]
+        if not all(_NAME.match(n) for n in names) or not all(n.isdigit() and int(n) > 0 for n in numbers):
+            raise ProtocolFileError(f"{path}:{number}: malformed {kind} line {line!r}")
+        first = lfw_key(names[0], int(numbers[0]))
+        second = lfw_key(names[0] if same else names[1], int(numbers[1]))
+        if same and first == second:
+            raise ProtocolFileError(f"{path}:{number}: a same-person pair names one image twice: {line!r}")
+        pairs.append(LfwPair(fold, same, first, second))
+    return pairs
+
+
+def lfw_identity(key: str) -> str:
+    return key.split("/", 1)[0]
+
+
+def list_images(folder: Path, keys: Iterable[str] | None = None) -> list[str]:
+    """Keys (paths relative to `folder`) of the JPEG images in it, sorted; or the given keys, sorted."""
+    if keys is not None:
+        return sorted(set(keys))
+    return sorted(
+        p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")
+    )

@@ -1,0 +1,247 @@
+"""HTTP downloads with checksums, resume, retries and safe archive extraction.
+
+Used by the `download` stage (datasets) and by `metrics` (pretrained weights).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html.parser
+import os
+import shutil
+import tarfile
+import time
+import urllib.parse
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import requests
+from tqdm import tqdm
+
+CHUNK = 1 << 20
+
+
+class DownloadError(RuntimeError):
+    pass
+
+
+class ChecksumError(DownloadError):
+    pass
+
+
+class UnsafeArchiveError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A file to fetch. `checksum` is "<algorithm>:<hex>" with algorithm md5 or sha256."""
+
+    filename: str
+    url: str
+    checksum: str
+    google_drive_id: str | None = None
+
+    def __post_init__(self):
+        algorithm, _, digest = self.checksum.partition(":")
+        if algorithm not in ("md5", "sha256") or not digest:
+            raise ValueError(f"{self.filename}: checksum must be 'md5:<hex>' or 'sha256:<hex>', got {self.checksum!r}")
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def matches(path: Path, checksum: str) -> bool:
+    algorithm, _, expected = checksum.partition(":")
+    return path.is_file() and file_digest(path, algorithm) == expected.lower()
+
+
+def fetch(
+    remote: Remote,
+    directory: Path,
+    *,
+    retries: int = 5,
+    timeout: float = 60.0,
+    backoff: float = 1.0,
+    session: requests.Session | None = None,
+) -> Path:
+    """Download `remote` into `directory`, verify it and return its path.
+
+    An existing verified file is reused. A partial `<name>.part` left by an interrupted
+    run is resumed with an HTTP Range request. On a checksum mismatch nothing is left behind.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / remote.filename
+    if matches(target, remote.checksum):
+        return target
+    partial = directory / (remote.filename + ".part")
+    session = session or requests.Session()
+    url = remote.url
+    last_error: Exception | None = None
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(backoff * 2 ** (attempt - 1))
+        try:
+            if remote.google_drive_id and url == remote.url:
+                url = _google_drive_url(session, remote, timeout)
+            _transfer(session, url, partial, remote.filename, timeout)
+            break
+        except (
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+            _RetryableStatus,
+        ) as error:
+            last_error = error
+    else:
+        raise DownloadError(f"{remote.filename}: failed after {retries + 1} attempts from {remote.url}: {last_error}")
+    algorithm, _, expected = remote.checksum.partition(":")
+    actual = file_digest(partial, algorithm)
+    if actual != expected.lower():
+        partial.unlink(missing_ok=True)
+        raise ChecksumError(
+            f"{remote.filename} from {remote.url}: {algorithm} is {actual}, expected {expected}. "
+            "The download was deleted; the source may have changed or been corrupted."
+        )
+    os.replace(partial, target)
+    return target
+
+
+class _RetryableStatus(Exception):
+    pass
+
+
+def _transfer(session: requests.Session, url: str, partial: Path, label: str, timeout: float) -> None:
+    offset = partial.stat().st_size if partial.exists() else 0
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    with session.get(url, headers=headers, stream=True, timeout=timeout) as response:
+        if response.status_code == 416:  # the partial file is already complete
+            return
+        if response.status_code >= 500 or response.status_code == 429:
+            raise _RetryableStatus(f"HTTP {response.status_code} from {url}")
+        if response.status_code not in (200, 206):
+            raise DownloadError(f"{label}: HTTP {response.status_code} from {url}")
+        if response.status_code == 200:  # server ignored the Range header: start over
+            offset = 0
+        length = response.headers.get("Content-Length")
+        total = offset + int(length) if length is not None else None
+        with (
+            open(partial, "ab" if offset else "wb") as out,
+            tqdm(
+                total=total,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=label,
+                leave=False,
+                disable=None,
+            ) as bar,
+        ):
+            for chunk in response.iter_content(CHUNK):
+                out.write(chunk)
+                bar.update(len(chunk))
+        if total is not None and partial.stat().st_size < total:
+            raise requests.exceptions.ChunkedEncodingError(
+                f"{label}: connection closed at {partial.stat().st_size} of {total} bytes"
+            )
+
+
+class _FormParser(html.parser.HTMLParser):
+    """Collects the action and hidden inputs of the download form on Google Drive's warning page."""
+
+    def __init__(self):
+        super().__init__()
+        self.action: str | None = None
+        self.fields: dict[str, str] = {}
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        if tag == "form" and self.action is None:
+            self.action = attributes.get("action")
+        elif tag == "input" and attributes.get("type") == "hidden" and attributes.get("name"):
+            self.fields[attributes["name"]] = attributes.get("value") or ""
+
+
+def _google_drive_url(session: requests.Session, remote: Remote, timeout: float) -> str:
+    """Resolve a Drive file id to a URL that serves the bytes (large files need a confirmation step)."""
+    with session.get(remote.url, stream=True, timeout=timeout) as response:
+        if response.status_code >= 500 or response.status_code == 429:
+            raise _RetryableStatus(f"HTTP {response.status_code} from {remote.url}")
+        if "text/html" not in response.headers.get("Content-Type", ""):
+            return remote.url
+        page = response.text
+    form = _FormParser()
+    form.feed(page)
+    if not form.action or "id" not in form.fields:
+        raise DownloadError(
+            f"{remote.filename}: Google Drive returned a page without a download form "
+            "(quota exceeded or file moved). Download it by hand and set the dataset's root in params.yaml."
+        )
+    action = urllib.parse.urljoin(remote.url, form.action)
+    return f"{action}?{urllib.parse.urlencode(form.fields)}"
+
+
+def _check_member(name: str, destination: Path) -> Path:
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or ".." in path.parts or (path.parts and ":" in path.parts[0]):
+        raise UnsafeArchiveError(f"archive member {name!r} escapes the extraction folder")
+    resolved = (destination / path).resolve()
+    if not resolved.is_relative_to(destination.resolve()):
+        raise UnsafeArchiveError(f"archive member {name!r} escapes the extraction folder")
+    return resolved
+
+
+def extract(archive: Path, destination: Path) -> None:
+    """Extract a .tgz/.tar/.zip archive into `destination` after checking every member.
+
+    Absolute paths, `..` components and links pointing outside the folder are rejected
+    before anything is written. Extraction goes to a sibling temporary folder whose
+    contents are moved into place only when the whole archive succeeded.
+    """
+    destination.mkdir(parents=True, exist_ok=True)
+    staging = destination.parent / f".{destination.name}.extracting"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as bundle:
+                for info in bundle.infolist():
+                    _check_member(info.filename, staging)
+                    if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                        raise UnsafeArchiveError(f"archive member {info.filename!r} is a symbolic link")
+                bundle.extractall(staging)
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive) as bundle:
+                members = bundle.getmembers()
+                for member in members:
+                    _check_member(member.name, staging)
+                    if member.issym() or member.islnk():
+                        link = (
+                            PurePosixPath(member.name).parent / member.linkname
+                            if member.issym()
+                            else PurePosixPath(member.linkname)
+                        )
+                        if PurePosixPath(member.linkname).is_absolute():
+                            raise UnsafeArchiveError(
+                                f"link {member.name!r} points to absolute path {member.linkname!r}"
+                            )
+                        _check_member(str(link), staging)
+                    elif not (member.isfile() or member.isdir()):
+                        raise UnsafeArchiveError(f"archive member {member.name!r} is not a regular file or folder")
+                bundle.extractall(staging, filter="data")
+        else:
+            raise UnsafeArchiveError(f"{archive.name} is neither a tar nor a zip archive")
+        for entry in staging.iterdir():
+            target = destination / entry.name
+            if target.exists():
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+            os.replace(entry, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

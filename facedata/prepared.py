@@ -1,0 +1,91 @@
+"""Reader for the `prepare` stage's output: `data/prepared/<dataset>/`.
+
+Layout:
+    index.parquet          one row per input photo (see INDEX_COLUMNS)
+    crops/<key>.png        canonical crop, RGB, lossless
+    masks/<key>.png        face mask, L, 255 inside the face
+
+`key` is the photo's path relative to the dataset's image folder, e.g. `000001.jpg`
+(CelebA) or `Abel_Pacheco/Abel_Pacheco_0001.jpg` (LFW). Pair manifests refer to photos by key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from facedata.framing import CropTransform
+
+INDEX_COLUMNS = {
+    "key": "photo path relative to the dataset's image folder",
+    "identity": "identity label (CelebA number or LFW name), as a string",
+    "status": "'ok' or the reason the photo was not prepared (missing, unreadable, too_large, no_face)",
+    "detail": "human-readable explanation of a non-ok status",
+    "sha1": "SHA-1 of the photo's bytes (cache key)",
+    "config": "fingerprint of the prepare settings that produced the row",
+    "width": "upright photo width in pixels",
+    "height": "upright photo height in pixels",
+    "n_faces": "faces dlib found (the largest, most central is kept)",
+    "box": "kept detection box (left, top, right, bottom) in photo coordinates",
+    "landmarks": "68 (x, y) crop coordinates, flattened to 136 floats",
+    "landmarks_image": "the same landmarks in photo coordinates",
+    "transform": "(x0, y0, scale): crop = scale * (photo - (x0, y0)), continuous coordinates",
+}
+
+
+def crop_relpath(key: str) -> str:
+    return f"crops/{Path(key).with_suffix('.png').as_posix()}"
+
+
+def mask_relpath(key: str) -> str:
+    return f"masks/{Path(key).with_suffix('.png').as_posix()}"
+
+
+class PreparedDataset:
+    """Random access to prepared faces by key. Only rows with status 'ok' have crops."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        index_path = self.root / "index.parquet"
+        if not index_path.is_file():
+            raise FileNotFoundError(f"{index_path} not found: run `dvc repro prepare@<dataset>` first")
+        self.index = pd.read_parquet(index_path).set_index("key", drop=False)
+
+    @property
+    def ok(self) -> pd.DataFrame:
+        return self.index[self.index["status"] == "ok"]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.index.index and self.index.at[key, "status"] == "ok"
+
+    def _row(self, key: str) -> pd.Series:
+        if key not in self.index.index:
+            raise KeyError(f"{key!r} is not in {self.root / 'index.parquet'}")
+        row = self.index.loc[key]
+        if row["status"] != "ok":
+            raise KeyError(f"{key!r} was not prepared: {row['status']} ({row['detail']})")
+        return row
+
+    def crop(self, key: str) -> np.ndarray:
+        """(H, W, 3) uint8 RGB."""
+        self._row(key)
+        return np.asarray(Image.open(self.root / crop_relpath(key)).convert("RGB"))
+
+    def mask(self, key: str) -> np.ndarray:
+        """(H, W) bool, True inside the face."""
+        self._row(key)
+        return np.asarray(Image.open(self.root / mask_relpath(key))) > 127
+
+    def landmarks(self, key: str) -> np.ndarray:
+        """(68, 2) float32 in crop coordinates (pixel-centre based)."""
+        return np.asarray(self._row(key)["landmarks"], dtype=np.float32).reshape(68, 2)
+
+    def transform(self, key: str) -> CropTransform:
+        """Photo -> crop transform, to paste an anonymised crop back into the photo."""
+        return CropTransform.from_list(self._row(key)["transform"])
+
+    def identity(self, key: str) -> str:
+        return str(self.index.at[key, "identity"])

@@ -1,0 +1,67 @@
+"""`dvc repro pairs` on a clean copy of the repository with the roots pointed at ../shared/data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import PREPARED_CACHE, REPO
+
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
+
+
+def tracked_copy(destination: Path) -> None:
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.split()
+    for name in files:
+        if (REPO / name).is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, destination / name)
+
+
+def dvc(workdir: Path, *args: str) -> str:
+    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=workdir, capture_output=True, text=True, env=environment
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_repro_pairs_then_nothing_to_do(tmp_path, celeba_aligned_root, lfw_root, prepared_lfw):
+    workdir = tmp_path / "repo"
+    workdir.mkdir()
+    tracked_copy(workdir)
+    subprocess.run(["git", "init", "-q"], cwd=workdir, check=True)
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    params["data"]["celeba"]["root"] = str(celeba_aligned_root)
+    params["data"]["lfw"]["root"] = str(lfw_root)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # Seed LFW's prepared photos from the test cache (same settings): the stage must reuse them, not
+    # redo two minutes of detection. Hard links keep the copy instant; the stage replaces files atomically.
+    seeded = workdir / "data/prepared/lfw"
+    seeded.parent.mkdir(parents=True)
+    shutil.copytree(prepared_lfw, seeded, copy_function=os.link)
+
+    first = dvc(workdir, "repro", "pairs")
+    assert "Running stage 'pairs'" in first and "lfw: 7701 photos, 7701 unchanged, 0 to process" in first
+    lfw = pd.read_csv(workdir / "data/pairs/lfw_test.csv")
+    assert len(lfw) == 6000 and sorted(lfw["fold"].unique()) == list(range(1, 11))
+    assert (lfw.groupby("fold")["same"].sum() == 300).all()
+    celeba_test = pd.read_csv(workdir / "data/pairs/celeba_test.csv")
+    assert len(celeba_test) == 30 and celeba_test["source_identity"].nunique() == 1
+
+    second = dvc(workdir, "repro", "pairs")
+    assert "Running stage" not in second
+    status = dvc(workdir, "status")
+    assert "up to date" in status.lower()
+    assert PREPARED_CACHE.is_dir()

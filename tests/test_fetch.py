@@ -1,0 +1,230 @@
+"""Downloads against a real HTTP server on 127.0.0.1: success, resume, checksum, retries, archives."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from facedata.fetch import ChecksumError, DownloadError, Remote, UnsafeArchiveError, extract, fetch
+
+PAYLOAD = os.urandom(3 * (1 << 20) + 12345)  # several chunks, not a multiple of the chunk size
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_fetch_downloads_and_verifies(file_server, tmp_path):
+    file_server.files["/a.bin"] = PAYLOAD
+    path = fetch(Remote("a.bin", file_server.url("/a.bin"), sha256(PAYLOAD)), tmp_path, backoff=0)
+    assert path.read_bytes() == PAYLOAD
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
+
+
+def test_fetch_reuses_a_verified_file_without_a_request(file_server, tmp_path):
+    (tmp_path / "a.bin").write_bytes(PAYLOAD)
+    fetch(Remote("a.bin", file_server.url("/a.bin"), sha256(PAYLOAD)), tmp_path, backoff=0)
+    assert file_server.requests == []
+
+
+def test_fetch_resumes_after_a_cut_transfer(file_server, tmp_path):
+    file_server.files["/a.bin"] = PAYLOAD
+    file_server.cut_after["/a.bin"] = 1_500_000
+    path = fetch(Remote("a.bin", file_server.url("/a.bin"), sha256(PAYLOAD)), tmp_path, backoff=0)
+    assert path.read_bytes() == PAYLOAD
+    ranges = [r for _, r in file_server.requests]
+    assert ranges[0] is None and ranges[1] is not None and ranges[1].startswith("bytes=")
+    resumed_from = int(ranges[1][6:].split("-")[0])
+    assert 0 < resumed_from <= 1_500_000  # only the missing tail was fetched again
+
+
+def test_fetch_resumes_a_partial_file_left_by_an_earlier_run(file_server, tmp_path):
+    file_server.files["/a.bin"] = PAYLOAD
+    (tmp_path / "a.bin.part").write_bytes(PAYLOAD[:1000])
+    fetch(Remote("a.bin", file_server.url("/a.bin"), sha256(PAYLOAD)), tmp_path, backoff=0)
+    assert file_server.requests == [("/a.bin", "bytes=1000-")]
+    assert (tmp_path / "a.bin").read_bytes() == PAYLOAD
+
+
+def test_fetch_retries_transient_server_errors(file_server, tmp_path):
+    file_server.files["/a.bin"] = PAYLOAD
+    file_server.fail_next["/a.bin"] = 2
+    fetch(Remote("a.bin", file_server.url("/a.bin"), sha256(PAYLOAD)), tmp_path, retries=2, backoff=0)
+    assert len(file_server.requests) == 3
+
+
+def test_fetch_gives_up_after_the_retries(file_server, tmp_path):
+    file_server.files["/a.bin"] = PAYLOAD
+    file_server.fail_next["/a.bin"] = 5
+    with pytest.raises(DownloadError, match="after 3 attempts"):
+        fetch(Remote("a.bin", file_server.url("/a.bin"), sha256(PAYLOAD)), tmp_path, retries=2, backoff=0)
+
+
+def test_checksum_mismatch_is_a_clear_error_and_leaves_nothing(file_server, tmp_path):
+    file_server.files["/a.bin"] = PAYLOAD
+    wrong = sha256(b"something else")
+    with pytest.raises(ChecksumError, match=r"a\.bin.*sha256 is [0-9a-f]{64}, expected"):
+        fetch(Remote("a.bin", file_server.url("/a.bin"), wrong), tmp_path, backoff=0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_file_is_not_retried(file_server, tmp_path):
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        fetch(Remote("a.bin", file_server.url("/nothing"), sha256(PAYLOAD)), tmp_path, retries=3, backoff=0)
+    assert len(file_server.requests) == 1
+
+
+def test_google_drive_confirmation_page_is_followed(file_server, tmp_path):
+    page = (
+        b'<html><body><form id="download-form" action="/download" method="get">'
+        b'<input type="hidden" name="id" value="FILEID"><input type="hidden" name="export" value="download">'
+        b'<input type="hidden" name="confirm" value="t"><input type="hidden" name="uuid" value="u-1">'
+        b"</form></body></html>"
+    )
+    file_server.files["/uc"] = ("text/html; charset=utf-8", page)
+    file_server.files["/download"] = PAYLOAD
+    remote = Remote("big.zip", file_server.url("/uc?id=FILEID"), sha256(PAYLOAD), google_drive_id="FILEID")
+    assert fetch(remote, tmp_path, backoff=0).read_bytes() == PAYLOAD
+    assert file_server.requests[-1][0] == "/download?id=FILEID&export=download&confirm=t&uuid=u-1"
+
+
+def test_google_drive_page_without_form_explains_what_to_do(file_server, tmp_path):
+    file_server.files["/uc"] = ("text/html", b"<html>Quota exceeded</html>")
+    remote = Remote("big.zip", file_server.url("/uc?id=X"), sha256(PAYLOAD), google_drive_id="X")
+    with pytest.raises(DownloadError, match="set the dataset's root"):
+        fetch(remote, tmp_path, backoff=0)
+
+
+def test_remote_rejects_an_unknown_checksum_algorithm():
+    with pytest.raises(ValueError, match="md5:<hex>"):
+        Remote("a", "http://x", "crc32:1234")
+
+
+# --- archives ---------------------------------------------------------------------------------
+
+
+def tar_with(members: list[tarfile.TarInfo], data: bytes = b"x") -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as bundle:
+        for member in members:
+            if member.isfile():
+                member.size = len(data)
+                bundle.addfile(member, io.BytesIO(data))
+            else:
+                bundle.addfile(member)
+    return buffer.getvalue()
+
+
+def test_extract_unpacks_a_tgz(tmp_path):
+    archive = tmp_path / "ok.tgz"
+    archive.write_bytes(tar_with([tarfile.TarInfo("lfw/A/A_0001.jpg"), tarfile.TarInfo("lfw/B/B_0001.jpg")]))
+    extract(archive, tmp_path / "out")
+    assert (tmp_path / "out/lfw/A/A_0001.jpg").read_bytes() == b"x"
+    assert not any(p.name.startswith(".") for p in (tmp_path).iterdir())  # no staging folder left
+
+
+@pytest.mark.parametrize("name", ["../evil.txt", "/tmp/evil.txt", "lfw/../../evil.txt"])
+def test_extract_rejects_path_traversal_in_tar(tmp_path, name):
+    archive = tmp_path / "bad.tgz"
+    archive.write_bytes(tar_with([tarfile.TarInfo("lfw/ok.jpg"), tarfile.TarInfo(name)]))
+    with pytest.raises(UnsafeArchiveError, match="escapes"):
+        extract(archive, tmp_path / "out")
+    assert not (tmp_path / "evil.txt").exists()
+    assert list((tmp_path / "out").iterdir()) == []  # nothing from the archive was written
+
+
+def test_extract_rejects_a_link_pointing_outside(tmp_path):
+    link = tarfile.TarInfo("lfw/link")
+    link.type, link.linkname = tarfile.SYMTYPE, "../../etc/passwd"
+    archive = tmp_path / "bad.tgz"
+    archive.write_bytes(tar_with([link]))
+    with pytest.raises(UnsafeArchiveError):
+        extract(archive, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_extract_rejects_path_traversal_in_zip(tmp_path):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as bundle:
+        bundle.writestr("img_align_celeba/000001.jpg", b"x")
+        bundle.writestr("../evil.txt", b"x")
+    archive = tmp_path / "bad.zip"
+    archive.write_bytes(buffer.getvalue())
+    with pytest.raises(UnsafeArchiveError, match="escapes"):
+        extract(archive, tmp_path / "out")
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_extract_rejects_something_that_is_not_an_archive(tmp_path):
+    archive = tmp_path / "notes.txt"
+    archive.write_bytes(b"hello")
+    with pytest.raises(UnsafeArchiveError, match="neither a tar nor a zip"):
+        extract(archive, tmp_path / "out")
+
+
+def test_download_stage_fetches_extracts_and_verifies_lfw(file_server, tmp_path, monkeypatch):
+    """The download stage end to end: the real code, with the official URLs swapped for the local server."""
+    from facedata import datasets
+    from pipelines import download
+
+    pairs_txt = b"1\t1\nAnn\t1\t2\nAnn\t1\tBob\t1\n"
+    images = [
+        tarfile.TarInfo(n)
+        for n in (
+            "lfw-deepfunneled/Ann/Ann_0001.jpg",
+            "lfw-deepfunneled/Ann/Ann_0002.jpg",
+            "lfw-deepfunneled/Bob/Bob_0001.jpg",
+        )
+    ]
+    archive = tar_with(images)
+    file_server.files["/pairs.txt"] = pairs_txt
+    file_server.files["/lfw-deepfunneled.tgz"] = archive
+    file_server.cut_after["/lfw-deepfunneled.tgz"] = len(archive) // 2
+    monkeypatch.setattr(datasets, "LFW_PAIRS", Remote("pairs.txt", file_server.url("/pairs.txt"), sha256(pairs_txt)))
+    monkeypatch.setitem(
+        datasets.LFW_ARCHIVES,
+        "deepfunneled",
+        Remote("lfw-deepfunneled.tgz", file_server.url("/lfw-deepfunneled.tgz"), sha256(archive)),
+    )
+    monkeypatch.setattr(download, "RAW", tmp_path / "raw")
+    params = {"data": {"lfw": {"root": None, "variant": "deepfunneled"}}, "download": {"retries": 2, "timeout_s": 5}}
+    report = download.run("lfw", params)
+    assert report["n_images"] == 3 and report["n_pairs"] == 2 and report["n_pair_images_missing"] == 0
+    assert report["local_copy"] is False and report["pairs_file_official"] is True  # against the patched remote
+    assert (tmp_path / "raw/lfw/lfw-deepfunneled/Bob/Bob_0001.jpg").is_file()
+    assert (tmp_path / "raw/lfw/source.json").is_file()
+
+
+@pytest.mark.realdata
+def test_download_stage_verifies_a_local_copy_without_copying(lfw_root, tmp_path, monkeypatch):
+    from pipelines import download
+
+    monkeypatch.setattr(download, "RAW", tmp_path / "raw")
+    params = {
+        "data": {"lfw": {"root": str(lfw_root), "variant": "deepfunneled"}},
+        "download": {"retries": 0, "timeout_s": 5},
+    }
+    report = download.run("lfw", params)
+    assert report["local_copy"] is True and report["pairs_file_official"] is True
+    assert report["n_pairs"] == 6000 and report["n_images"] == 7701 and report["n_pair_images_missing"] == 0
+    assert sorted(p.name for p in (tmp_path / "raw/lfw").iterdir()) == ["source.json"]
+
+
+def test_local_copy_with_the_wrong_layout_names_what_is_missing(tmp_path):
+    from pipelines.download import LayoutError, verify_local
+
+    (tmp_path / "lfw").mkdir()
+    with pytest.raises(LayoutError, match="lfw-deepfunneled.*holds lfw"):
+        verify_local("lfw", tmp_path, "deepfunneled")
+    with pytest.raises(LayoutError, match="is not a folder"):
+        verify_local("lfw", tmp_path / "nowhere", "deepfunneled")
+    (tmp_path / "img_align_celeba").mkdir()
+    with pytest.raises(LayoutError, match="identity_CelebA.txt"):
+        verify_local("celeba", tmp_path, "aligned")
+    assert Path(tmp_path).is_dir()

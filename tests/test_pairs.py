@@ -1,0 +1,132 @@
+"""The pairs stage's rules: split scaling, next-identity conditions, hybrid training pairs, LFW conditions."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from facedata.datasets import LfwPair
+from pipelines.pairs import celeba_pairs, lfw_pairs, split_counts
+from pipelines.params import ParamsError
+
+SETTINGS = {
+    "train_identities": 1200,
+    "test_identities": 363,
+    "train_pairs_per_identity": 20,
+    "same_image_ratio": 0.75,
+    "different_pairs": "same_identity",
+}
+
+
+def index_of(photos_per_identity: dict[str, int], failed: set[str] = frozenset()) -> pd.DataFrame:
+    rows = [
+        {"key": f"{identity}_{j:02d}.jpg", "identity": identity}
+        for identity, count in photos_per_identity.items()
+        for j in range(count)
+    ]
+    frame = pd.DataFrame(rows)
+    frame["status"] = ["no_face" if key in failed else "ok" for key in frame["key"]]
+    return frame
+
+
+def test_split_counts_full_scale_and_scaled():
+    assert split_counts(1563, 1200, 363) == (1200, 363, False)
+    assert split_counts(2000, 1200, 363) == (1200, 363, False)
+    assert split_counts(5, 1200, 363) == (4, 1, True)
+    assert split_counts(20, 1200, 363) == (15, 5, True)
+    assert split_counts(2, 1200, 363) == (1, 1, True)
+    with pytest.raises(ValueError, match="at least 2"):
+        split_counts(1, 1200, 363)
+
+
+def test_celeba_split_order_and_next_identity_conditions():
+    index = index_of({"3": 4, "10": 4, "2": 4, "7": 4, "5": 4})
+    train, test, summary = celeba_pairs(index, SETTINGS, seed=0)
+    # Numeric order 2, 3, 5, 7, 10: 4 train identities, 1 test identity; "next" wraps to the first.
+    assert summary["train_identities"] == 4 and summary["test_identities"] == 1 and summary["scaled_split"]
+    assert set(train["source_identity"]) == {"2", "3", "5", "7"}
+    assert set(test["source_identity"]) == {"10"} and set(test["condition_identity"]) == {"2"}
+    assert list(test["pair_id"]) == list(range(len(test)))
+
+
+def test_every_test_identity_is_paired_with_the_next_one():
+    index = index_of({str(i): 3 for i in range(1, 21)})
+    _, test, _ = celeba_pairs(index, SETTINGS, seed=0)
+    for identity, condition in zip(test["source_identity"], test["condition_identity"], strict=True):
+        assert int(condition) == int(identity) % 20 + 1
+
+
+def test_failed_test_photos_are_kept_and_flagged_but_never_used_as_conditions():
+    index = index_of({str(i): 3 for i in range(1, 6)}, failed={"5_00.jpg", "1_01.jpg"})
+    _, test, summary = celeba_pairs(index, SETTINGS, seed=0)
+    assert summary["test_sources_not_ok"] == 1
+    assert test.loc[test["source"] == "5_00.jpg", "source_status"].item() == "no_face"
+    assert "1_01.jpg" not in set(test["condition"])
+
+
+@pytest.mark.parametrize("rule", ["same_identity", "any_identity"])
+def test_hybrid_training_pairs(rule):
+    index = index_of({str(i): 6 for i in range(1, 11)})
+    train, _, summary = celeba_pairs(index, {**SETTINGS, "different_pairs": rule}, seed=0)
+    assert len(train) == summary["train_pairs"] == 8 * 20
+    assert train["same_image"].mean() == 0.75
+    same, different = train[train["same_image"]], train[~train["same_image"]]
+    assert (same["source"] == same["condition"]).all()
+    assert (different["source"] != different["condition"]).all()
+    if rule == "same_identity":
+        assert (different["source_identity"] == different["condition_identity"]).all()
+    else:
+        assert (different["source_identity"] != different["condition_identity"]).all()
+
+
+def test_pairs_are_deterministic_for_a_seed_and_change_with_it():
+    index = index_of({str(i): 6 for i in range(1, 11)})
+    first = celeba_pairs(index, SETTINGS, seed=0)[0]
+    assert first.equals(celeba_pairs(index, SETTINGS, seed=0)[0])
+    assert not first.equals(celeba_pairs(index, SETTINGS, seed=1)[0])
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("same_image_ratio", 1.5, "same_image_ratio must be a number in"),
+        ("different_pairs", "random", "different_pairs must be one of"),
+        ("train_identities", 0, "train_identities must be an integer >= 1"),
+    ],
+)
+def test_bad_settings_are_clear_errors(key, value, message):
+    with pytest.raises(ParamsError, match=message):
+        celeba_pairs(index_of({"1": 3, "2": 3}), {**SETTINGS, key: value}, seed=0)
+
+
+def lfw_fixture():
+    pairs = [
+        LfwPair(0, True, "A/A_0001.jpg", "A/A_0002.jpg"),
+        LfwPair(0, False, "B/B_0001.jpg", "C/C_0001.jpg"),
+        LfwPair(1, True, "D/D_0001.jpg", "D/D_0002.jpg"),
+        LfwPair(1, False, "E/E_0001.jpg", "F/F_0001.jpg"),
+    ]
+    keys = sorted({k for p in pairs for k in (p.first, p.second)})
+    index = pd.DataFrame({"key": keys, "identity": [k.split("/")[0] for k in keys], "status": "ok"})
+    index.loc[index["key"] == "F/F_0001.jpg", "status"] = "no_face"
+    return pairs, index
+
+
+@pytest.mark.parametrize("pool", ["all_pairs", "same_fold"])
+def test_lfw_conditions_come_from_a_third_person(pool):
+    pairs, index = lfw_fixture()
+    frame, summary = lfw_pairs(pairs, index, {"condition_pool": pool}, seed=0)
+    assert list(frame["fold"]) == [1, 1, 2, 2] and list(frame["same"]) == [True, False, True, False]
+    for row in frame.itertuples():
+        assert row.condition_identity not in {row.first_identity, row.source_identity}
+        assert row.condition != "F/F_0001.jpg"  # not prepared: never a condition
+    assert summary["sources_not_ok"] == 1
+    if pool == "same_fold":
+        assert set(frame.loc[frame["fold"] == 2, "condition_identity"]) <= {"D", "E"}
+
+
+def test_lfw_same_fold_pool_can_run_out_and_says_so():
+    pairs, index = lfw_fixture()
+    two_people = [pairs[0], LfwPair(0, False, "A/A_0001.jpg", "B/B_0001.jpg")]
+    with pytest.raises(ValueError, match="third person is available for fold 1"):
+        lfw_pairs(two_people, index, {"condition_pool": "same_fold"}, seed=0)

@@ -1,0 +1,54 @@
+"""Wrong parameter values are clear errors naming the parameter."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.params import ParamsError, load, section
+from pipelines.prepare import config_from_params
+from tests.conftest import REPO
+
+
+def params_with(**prepare):
+    params = load(REPO / "params.yaml")
+    params["prepare"].update(prepare)
+    return params
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"crop_height": "tall"}, "prepare.crop_height must be an integer >= 16"),
+        ({"crop_width": 8}, "prepare.crop_width must be an integer >= 16"),
+        ({"detect_upsample": 7}, "prepare.detect_upsample must be 0..3"),
+        ({"eye_scale": 0.1}, r"prepare.eye_scale must be in \[1, 20\]"),
+        ({"workers": -1}, "prepare.workers must be an integer >= 0"),
+        ({"colour": "blue"}, "unexpected keyword argument 'colour'"),
+    ],
+)
+def test_bad_prepare_settings(overrides, message):
+    with pytest.raises(ParamsError, match=message):
+        config_from_params(params_with(**overrides))
+
+
+def test_defaults_are_valid_and_workers_zero_means_all_cores():
+    import os
+
+    config, workers = config_from_params(load(REPO / "params.yaml"))
+    assert config.crop_size == (220, 180) and workers == os.cpu_count()
+
+
+def test_missing_sections_are_named(tmp_path):
+    with pytest.raises(ParamsError, match="no 'data.celeba' section"):
+        section({"data": {}}, "data.celeba")
+    with pytest.raises(ParamsError, match="not found"):
+        load(tmp_path / "params.yaml")
+
+
+def test_unknown_dataset_variant_is_named():
+    from pipelines.download import run
+
+    params = load(REPO / "params.yaml")
+    params["data"]["lfw"]["variant"] = "sharpened"
+    with pytest.raises(ParamsError, match="data.lfw.variant must be one of"):
+        run("lfw", params)
