@@ -8,14 +8,13 @@ protocol files are. With data.<dataset>.root set, nothing is downloaded or copie
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 from pathlib import Path
 
 from facedata import datasets
 from facedata.atomic import write_bytes, write_json
 from facedata.fetch import extract, fetch, matches
-from pipelines.params import ParamsError, choice, integer, load, section
+from pipelines.params import ParamsError, choice, dataset_stage, integer, section
 
 RAW = Path("data/raw")
 
@@ -117,13 +116,7 @@ def run(dataset: str, params: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", choices=datasets.DATASETS)
-    args = parser.parse_args(argv)
-    try:
-        run(args.dataset, load())
-    except (ParamsError, LayoutError, datasets.ProtocolFileError) as error:
-        raise SystemExit(f"download@{args.dataset}: {error}") from None
+    dataset_stage("download", run, __doc__, argv, errors=(ParamsError, LayoutError, datasets.ProtocolFileError))
 
 
 if __name__ == "__main__":

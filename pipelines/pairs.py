@@ -23,7 +23,7 @@ import pandas as pd
 
 from facedata import datasets
 from facedata.atomic import write_json, write_table
-from pipelines.params import ParamsError, choice, fraction, integer, load, section
+from pipelines.params import ParamsError, choice, fraction, integer, run_stage, section
 
 PAIRS = Path("data/pairs")
 
@@ -203,10 +203,7 @@ def run(params: dict, prepared: Path = Path("data/prepared"), raw: Path = Path("
 
 
 def main() -> None:
-    try:
-        run(load())
-    except (ParamsError, ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"pairs: {error}") from None
+    run_stage("pairs", run, errors=(ParamsError, ValueError, FileNotFoundError))
 
 
 if __name__ == "__main__":

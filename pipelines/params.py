@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +55,32 @@ def fraction(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
         raise ParamsError(f"{name} must be a number in [0, 1]; got {value!r}")
     return float(value)
+
+
+def run_stage(
+    label: str,
+    function: Callable[..., Any],
+    *args: Any,
+    errors: tuple[type[Exception], ...] = (ParamsError, FileNotFoundError),
+) -> Any:
+    """Call `function(*args, params)`; an expected error ends the process with one line naming the stage."""
+    try:
+        return function(*args, load())
+    except errors as error:
+        raise SystemExit(f"{label}: {error}") from None
+
+
+def dataset_stage(
+    label: str,
+    function: Callable[..., Any],
+    doc: str | None,
+    argv: list[str] | None = None,
+    errors: tuple[type[Exception], ...] = (ParamsError, FileNotFoundError),
+) -> Any:
+    """Entry point of a per-dataset stage: `python -m pipelines.<stage> celeba|lfw`."""
+    from facedata.datasets import DATASETS
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", choices=DATASETS)
+    dataset = parser.parse_args(argv).dataset
+    return run_stage(f"{label}@{dataset}", function, dataset, errors=errors)

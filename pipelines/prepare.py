@@ -12,7 +12,6 @@ unchanged, so only new or changed photos are processed.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import multiprocessing
@@ -33,7 +32,7 @@ from facedata.crops import PrepareConfig, prepare_face
 from facedata.images import ImageError
 from facedata.landmarks import LandmarkDetector
 from facedata.prepared import crop_relpath, mask_relpath
-from pipelines.params import ParamsError, integer, load, section
+from pipelines.params import ParamsError, dataset_stage, integer, section
 
 PREPARED = Path("data/prepared")
 
@@ -212,13 +211,7 @@ def _remove_stale_files(out: Path, keep: set[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", choices=datasets.DATASETS)
-    args = parser.parse_args(argv)
-    try:
-        run(args.dataset, load())
-    except (ParamsError, datasets.ProtocolFileError, FileNotFoundError) as error:
-        raise SystemExit(f"prepare@{args.dataset}: {error}") from None
+    dataset_stage("prepare", run, __doc__, argv, errors=(ParamsError, datasets.ProtocolFileError, FileNotFoundError))
 
 
 if __name__ == "__main__":

@@ -52,3 +52,25 @@ def test_unknown_dataset_variant_is_named():
     params["data"]["lfw"]["variant"] = "sharpened"
     with pytest.raises(ParamsError, match="data.lfw.variant must be one of"):
         run("lfw", params)
+
+
+def test_a_stage_with_a_bad_value_exits_with_one_line_naming_it(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    params = load(REPO / "params.yaml")
+    params["data"]["lfw"]["variant"] = "sharpened"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.download", "lfw"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO), "PATH": ""},
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "download@lfw: data.lfw.variant must be one of original, funneled, deepfunneled; got 'sharpened'"
+    ]
