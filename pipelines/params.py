@@ -76,11 +76,16 @@ def dataset_stage(
     doc: str | None,
     argv: list[str] | None = None,
     errors: tuple[type[Exception], ...] = (ParamsError, FileNotFoundError),
+    with_method: bool = False,
 ) -> Any:
-    """Entry point of a per-dataset stage: `python -m pipelines.<stage> celeba|lfw`."""
+    """Entry point of a per-dataset stage: `python -m pipelines.<stage> celeba|lfw [method]`."""
     from facedata.datasets import DATASETS
 
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", choices=DATASETS)
-    dataset = parser.parse_args(argv).dataset
-    return run_stage(f"{label}@{dataset}", function, dataset, errors=errors)
+    if with_method:
+        parser.add_argument("method")
+    args = parser.parse_args(argv)
+    if with_method:
+        return run_stage(f"{label}@{args.dataset}-{args.method}", function, args.dataset, args.method, errors=errors)
+    return run_stage(f"{label}@{args.dataset}", function, args.dataset, errors=errors)

@@ -1,0 +1,152 @@
+"""Tables 1 and 2: our numbers beside the paper's, with the difference, N and failures.
+
+Input: one result dict per (dataset, method) as the evaluate stage writes it,
+{metric name: metrics.calc(...) result}, and reports/paper_numbers.yaml.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Column:
+    metric: str
+    title: str
+    percent: bool  # shares are printed as percentages, differences in percentage points
+
+
+PAPER_COLUMNS = (
+    Column("fid", "FID", False),
+    Column("detection_dlib", "det. dlib", True),
+    Column("detection_mtcnn", "det. MTCNN", True),
+    Column("reid_facenet_casia", "re-id Casia", True),
+    Column("reid_facenet_vggface2", "re-id VGG", True),
+    Column("pose_error", "pose", False),
+)
+
+#: Paper rows, in the paper's order, with the paper's names.
+PAPER_ROWS = {
+    "blur": "Blurring",
+    "pixelate": "Pixelation",
+    "ciagan": "CIAGAN",
+    "anonygan-plain-68": "AnonyGAN-(CM,LA) 68 lm",
+    "anonygan-plain-29": "AnonyGAN-(CM,LA) 29 lm",
+    "anonygan-la-68": "AnonyGAN-CM 68 lm",
+    "anonygan-68": "AnonyGAN 68 lm",
+}
+
+
+def _mean_std(value: Any) -> tuple[float | None, float | None]:
+    """Paper entries are a number, [mean, std] or null; result entries are calc dicts."""
+    if value is None:
+        return None, None
+    if isinstance(value, dict):
+        if "value" not in value or value.get("error"):
+            return None, None
+        mean, std = value["value"], value.get("std")
+        return (None if mean is None or math.isnan(mean) else float(mean)), std
+    if isinstance(value, list | tuple):
+        return float(value[0]), float(value[1])
+    return float(value), None
+
+
+def table(results: dict[str, dict[str, dict]], paper: dict[str, dict], with_std: bool) -> pd.DataFrame:
+    """One row per method (paper rows first, in order, then any others); numeric columns.
+
+    For each metric: `<metric>` (ours), `<metric>_std` (LFW re-id), `<metric>_paper`,
+    `<metric>_paper_std`, `<metric>_diff` (ours - paper). Plus `n` (pairs evaluated),
+    `n_skipped` (pairs without an evaluable image) and `pose_failures`.
+    """
+    methods = [m for m in PAPER_ROWS if m in results] + sorted(m for m in results if m not in PAPER_ROWS)
+    rows = []
+    for method in methods:
+        result, reference = results[method], paper.get(method, {})
+        row: dict[str, Any] = {"method": method, "name": PAPER_ROWS.get(method, method)}
+        for column in PAPER_COLUMNS:
+            ours, ours_std = _mean_std(result.get(column.metric))
+            theirs, theirs_std = _mean_std(reference.get(column.metric))
+            row[column.metric] = ours
+            row[f"{column.metric}_paper"] = theirs
+            if with_std:
+                row[f"{column.metric}_std"] = ours_std
+                row[f"{column.metric}_paper_std"] = theirs_std
+            row[f"{column.metric}_diff"] = None if ours is None or theirs is None else ours - theirs
+        evaluated = [r for r in result.values() if isinstance(r, dict) and "n" in r and not r.get("error")]
+        row["n"] = max((int(r["n"]) + int(r.get("n_skipped", 0)) for r in evaluated), default=0)
+        row["n_skipped"] = max((int(r.get("n_skipped", 0)) for r in evaluated), default=0)
+        row["pose_failures"] = int(result.get("pose_error", {}).get("n_failed", 0) or 0)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _cell(value: float | None, std: float | None, percent: bool) -> str:
+    if _missing(value):
+        return "-"
+    scale, unit, digits = (100.0, "%", 2) if percent else (1.0, "", 2)
+    text = f"{value * scale:.{digits}f}{unit}"
+    return text if _missing(std) else f"{text} ± {std * scale:.{digits}f}"
+
+
+def _compared(ours: str, theirs: str, difference: float | None, percent: bool) -> str:
+    """'ours (paper; ours - paper)', or just ours where the paper has no number."""
+    if theirs == "-":
+        return ours
+    if _missing(difference):
+        return f"{ours} ({theirs})"
+    return f"{ours} ({theirs}; {difference * (100.0 if percent else 1.0):+.2f}{' pp' if percent else ''})"
+
+
+def display(frame: pd.DataFrame) -> pd.DataFrame:
+    """Human-readable cells: 'ours (paper, diff)' per metric, as the markdown and LaTeX tables show."""
+    shown = pd.DataFrame({"method": frame["name"]})
+    for column in PAPER_COLUMNS:
+        cells = []
+        for _, row in frame.iterrows():
+            ours = _cell(row[column.metric], row.get(f"{column.metric}_std"), column.percent)
+            theirs = _cell(row[f"{column.metric}_paper"], row.get(f"{column.metric}_paper_std"), column.percent)
+            cells.append(_compared(ours, theirs, row[f"{column.metric}_diff"], column.percent))
+        shown[column.title] = cells
+    shown["N"] = frame["n"].astype(int)
+    shown["skipped"] = frame["n_skipped"].astype(int)
+    shown["pose failures"] = frame["pose_failures"].astype(int)
+    return shown
+
+
+def to_markdown(frame: pd.DataFrame, caption: str) -> str:
+    shown = display(frame)
+    header = "| " + " | ".join(shown.columns) + " |"
+    rule = "|" + "|".join("---" for _ in shown.columns) + "|"
+    lines = ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+    note = "Cells: ours (paper; ours - paper). Shares in %, differences in percentage points (pp)."
+    return "\n".join([f"**{caption}**", "", header, rule, *lines, "", note, ""])
+
+
+def to_latex(frame: pd.DataFrame, caption: str) -> str:
+    shown = display(frame).map(lambda v: str(v).replace("%", r"\%").replace("±", r"$\pm$"))
+    columns = "l" + "r" * (len(shown.columns) - 1)
+    body = [" & ".join(map(str, row)) + r" \\" for row in shown.itertuples(index=False)]
+    return "\n".join(
+        [
+            r"\begin{table}",
+            r"\centering",
+            f"\\caption{{{caption}}}",
+            f"\\begin{{tabular}}{{{columns}}}",
+            r"\hline",
+            " & ".join(shown.columns) + r" \\",
+            r"\hline",
+            *body,
+            r"\hline",
+            r"\end{tabular}",
+            r"\end{table}",
+            "",
+        ]
+    )
