@@ -19,7 +19,7 @@ from facedata.images import ImageError, decode
 from facedata.landmarks import LandmarkDetector
 
 #: Bump when the processing changes in a way that changes outputs for the same config.
-PREPARE_VERSION = 1
+PREPARE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class PrepareConfig:
     eye_scale: float = 5.0
     detect_max_side: int = 500
     detect_upsample: int = 1
+    fallback_detector: str | None = "cnn"
     max_pixels: int = 250_000_000
 
     def __post_init__(self):
@@ -38,6 +39,8 @@ class PrepareConfig:
                 raise ValueError(f"prepare.{name} must be an integer >= 16, got {value!r}")
         if not isinstance(self.detect_upsample, int) or not 0 <= self.detect_upsample <= 3:
             raise ValueError(f"prepare.detect_upsample must be 0..3, got {self.detect_upsample!r}")
+        if self.fallback_detector not in (None, "cnn"):
+            raise ValueError(f"prepare.fallback_detector must be cnn or null, got {self.fallback_detector!r}")
         if not 1.0 <= float(self.eye_scale) <= 20.0:
             raise ValueError(f"prepare.eye_scale must be in [1, 20], got {self.eye_scale!r}")
 
@@ -60,6 +63,7 @@ class PreparedFace:
     transform: CropTransform  # original photo -> crop
     box: np.ndarray  # (4,) detection box in original coordinates
     n_faces: int
+    detector: str  # which detector found the face: hog, or cnn (the fallback)
     image_size: tuple[int, int]  # (width, height) of the upright original
 
 
@@ -73,7 +77,8 @@ def prepare_face(path: Path, config: PrepareConfig, detector: LandmarkDetector) 
     small = decode(path, config.detect_max_side, config.max_pixels)
     face, n_faces = detector.main_face(small.pixels)
     if face is None:
-        raise NoFaceError(f"dlib HOG found no face (detected at {small.pixels.shape[1]}x{small.pixels.shape[0]})")
+        searched = "dlib HOG" + (" and CNN" if detector.fallback else "")
+        raise NoFaceError(f"{searched} found no face (searched at {small.pixels.shape[1]}x{small.pixels.shape[0]})")
     box = face.box / small.scale
     landmarks_image = (face.landmarks + 0.5) / small.scale - 0.5
     transform = _frame(landmarks_image, config)
@@ -91,14 +96,15 @@ def prepare_face(path: Path, config: PrepareConfig, detector: LandmarkDetector) 
     crop = extract_crop(sharp.pixels, transform.rescaled(sharp.scale), config.crop_size)
     landmarks = transform.to_crop(landmarks_image)
     return PreparedFace(
-        crop,
-        face_mask(landmarks, config.crop_size),
-        landmarks,
-        landmarks_image.astype(np.float32),
-        transform,
-        box,
-        n_faces,
-        small.original_size,
+        crop=crop,
+        mask=face_mask(landmarks, config.crop_size),
+        landmarks=landmarks,
+        landmarks_image=landmarks_image.astype(np.float32),
+        transform=transform,
+        box=box,
+        n_faces=n_faces,
+        detector=face.detector,
+        image_size=small.original_size,
     )
 
 

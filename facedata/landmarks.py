@@ -38,10 +38,14 @@ def dlib_model_path(filename: str) -> Path:
     return path
 
 
+DETECTORS = ("hog", "cnn")
+
+
 @dataclass(frozen=True)
 class Face:
     box: np.ndarray  # (4,) float: left, top, right, bottom in the coordinates of the input image
     landmarks: np.ndarray  # (68, 2) float32
+    detector: str = "hog"  # which detector found the face
 
 
 def select_face(boxes: np.ndarray, width: int, height: int) -> int:
@@ -57,18 +61,33 @@ def select_face(boxes: np.ndarray, width: int, height: int) -> int:
 
 
 class LandmarkDetector:
-    """HOG detection plus 68 landmarks. Not thread-safe; make one per worker process."""
+    """HOG detection plus 68 landmarks. Not thread-safe; make one per worker process.
 
-    def __init__(self, upsample: int = 1):
+    With `fallback="cnn"`, a photo in which HOG finds no face is searched again with dlib's
+    CNN (MMOD) detector, which finds frontal and turned faces HOG misses at about 100 times
+    the cost; it only runs on HOG's failures. Metrics that reproduce the paper's dlib
+    detection rate must use HOG alone (the default).
+    """
+
+    def __init__(self, upsample: int = 1, fallback: str | None = None):
         if upsample < 0:
             raise ValueError(f"upsample must be >= 0, got {upsample}")
+        if fallback not in (None, "cnn"):
+            raise ValueError(f"fallback must be None or 'cnn', got {fallback!r}")
         self.upsample = upsample
+        self.fallback = fallback
 
     @cached_property
     def _detector(self):
         import dlib
 
         return dlib.get_frontal_face_detector()
+
+    @cached_property
+    def _cnn(self):
+        import dlib
+
+        return dlib.cnn_face_detection_model_v1(str(dlib_model_path("mmod_human_face_detector.dat")))
 
     @cached_property
     def _predictor(self):
@@ -93,10 +112,22 @@ class LandmarkDetector:
         """Every detected face with its landmarks, in detection order."""
         return [Face(box, self.landmarks(rgb, box)) for box in self.detect(rgb)]
 
+    def detect_cnn(self, rgb: np.ndarray) -> np.ndarray:
+        """Face boxes (n, 4) from the CNN detector, without upsampling.
+
+        Upsampling would find smaller faces at four times the cost; measured on the HOG
+        failures: LFW 40/40 either way (0.38 vs 1.62 s), wild CelebA 17/20 vs 19/20 (1.1 vs 4.6 s).
+        """
+        found = self._cnn(np.ascontiguousarray(rgb), 0)
+        rects = [d.rect for d in found]
+        return np.array([[r.left(), r.top(), r.right(), r.bottom()] for r in rects], dtype=np.float64).reshape(-1, 4)
+
     def main_face(self, rgb: np.ndarray) -> tuple[Face | None, int]:
         """The selected face (see `select_face`) and the number of faces found."""
-        boxes = self.detect(rgb)
+        boxes, detector = self.detect(rgb), "hog"
+        if len(boxes) == 0 and self.fallback == "cnn":
+            boxes, detector = self.detect_cnn(rgb), "cnn"
         if len(boxes) == 0:
             return None, 0
         box = boxes[select_face(boxes, rgb.shape[1], rgb.shape[0])]
-        return Face(box, self.landmarks(rgb, box)), len(boxes)
+        return Face(box, self.landmarks(rgb, box), detector), len(boxes)

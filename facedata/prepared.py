@@ -29,6 +29,7 @@ INDEX_COLUMNS = {
     "width": "upright photo width in pixels",
     "height": "upright photo height in pixels",
     "n_faces": "faces dlib found (the largest, most central is kept)",
+    "detector": "which detector found the kept face: hog, or cnn (the fallback when HOG finds none)",
     "box": "kept detection box (left, top, right, bottom) in photo coordinates",
     "landmarks": "68 (x, y) crop coordinates, flattened to 136 floats",
     "landmarks_image": "the same landmarks in photo coordinates",

@@ -1,11 +1,14 @@
-"""Stage `anonymise@<dataset>-<method>` (and `obfuscate@...` for the untrained methods).
+"""Stage `anonymise@<method>`: one registered anonymiser over the test pairs of every dataset.
 
-Runs one registered anonymiser over a dataset's test pairs and writes lossless crops
+For each dataset it writes lossless crops
 `outputs/<dataset>/<method>/<pair_id>.png` with a `manifest.csv` (pair_id, source,
 condition, status). Pairs whose source photo was not prepared are listed with their
 status and get no image. The folder is replaced as a whole only when every batch succeeded.
 
-    python -m pipelines.anonymise celeba|lfw <method>
+    python -m pipelines.anonymise <method>
+
+The method is the registered anonymiser of that name, or the one its `methods` entry names
+(`anonymiser: folder` evaluates images another program wrote; see the README).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from tqdm import tqdm
 from baselines import RunContext, check_output, create, identity_order, load_batch
 from facedata.atomic import write_json, write_table
 from facedata.prepared import PreparedDataset
-from pipelines.params import ParamsError, dataset_stage, integer, section
+from pipelines.params import ParamsError, integer, method_stage, section
 
 OUTPUTS = Path("outputs")
 
@@ -45,7 +48,8 @@ def run(
     context = RunContext(
         method=method, dataset=dataset, params=params, identities=identity_order(manifest), models=models
     )
-    anonymiser = create(method, context)
+    entry = (params.get("methods") or {}).get(method) or {}
+    anonymiser = create(entry.get("anonymiser", method), context)
 
     runnable = manifest["source"].isin(faces.ok.index) & manifest["condition"].isin(faces.ok.index)
     status = np.where(runnable, "ok", "skipped: " + manifest["source_status"].astype(str))
@@ -79,9 +83,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    dataset_stage(
-        "anonymise", run, __doc__, argv, errors=(ParamsError, FileNotFoundError, KeyError, ValueError), with_method=True
-    )
+    method_stage("anonymise", run, __doc__, argv, errors=(ParamsError, FileNotFoundError, KeyError, ValueError))
 
 
 if __name__ == "__main__":

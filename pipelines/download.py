@@ -13,8 +13,8 @@ from pathlib import Path
 
 from facedata import datasets
 from facedata.atomic import write_bytes, write_json
-from facedata.fetch import extract, fetch, matches
-from pipelines.params import ParamsError, choice, dataset_stage, integer, section
+from facedata.fetch import DownloadError, UnsafeArchiveError, extract, fetch, matches
+from pipelines.params import choice, dataset_stage, integer, section
 
 RAW = Path("data/raw")
 
@@ -72,7 +72,10 @@ def verify_local(dataset: str, root: Path, variant: str) -> dict:
 def download(dataset: str, variant: str, out: Path, retries: int, timeout: float) -> Path:
     """Fetch the official files into `out` and extract the archives; returns the dataset root (= out)."""
     for remote in datasets.remotes(dataset, variant):
-        path = fetch(remote, out / "archives", retries=retries, timeout=timeout)
+        try:
+            path = fetch(remote, out / "archives", retries=retries, timeout=timeout)
+        except DownloadError as error:
+            raise DownloadError(f"{error}. If you have {dataset} on disk, set data.{dataset}.root instead") from None
         if remote.filename.endswith((".zip", ".tgz", ".tar")):
             marker = out / f".{remote.filename}.extracted"
             if not marker.exists() or marker.read_text() != remote.checksum:
@@ -116,7 +119,8 @@ def run(dataset: str, params: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    dataset_stage("download", run, __doc__, argv, errors=(ParamsError, LayoutError, datasets.ProtocolFileError))
+    errors = (LayoutError, DownloadError, UnsafeArchiveError, ValueError)  # ValueError: bad params and protocol files
+    dataset_stage("download", run, __doc__, argv, errors=errors)
 
 
 if __name__ == "__main__":

@@ -124,10 +124,24 @@ def celeba_pairs(index: pd.DataFrame, settings: dict, seed: int) -> tuple[pd.Dat
     return _numbered(pd.DataFrame(train_rows)), _numbered(pd.DataFrame(test_rows)), summary
 
 
+def first_pairs_per_fold(pairs: list[datasets.LfwPair], per_class: int) -> list[datasets.LfwPair]:
+    """The first `per_class` same-person and `per_class` different-person pairs of every fold, in file order."""
+    kept, seen = [], {}
+    for pair in pairs:
+        count = seen.get((pair.fold, pair.same), 0)
+        if count < per_class:
+            kept.append(pair)
+            seen[(pair.fold, pair.same)] = count + 1
+    return kept
+
+
 def lfw_pairs(
     pairs: list[datasets.LfwPair], index: pd.DataFrame, settings: dict, seed: int
 ) -> tuple[pd.DataFrame, dict]:
     pool_rule = choice(settings.get("condition_pool"), "pairs.lfw.condition_pool", ("all_pairs", "same_fold"))
+    per_class = settings.get("pairs_per_class")
+    if per_class is not None:
+        pairs = first_pairs_per_fold(pairs, integer(per_class, "pairs.lfw.pairs_per_class", 1))
     ok_keys = set(index.loc[index["status"] == "ok", "key"])
     status = dict(zip(index["key"], index["status"], strict=True))
     pools: dict[int | None, np.ndarray] = {}
@@ -168,6 +182,7 @@ def lfw_pairs(
         "sources_not_ok": int((frame["source_status"] != "ok").sum()),
         "firsts_not_ok": int((frame["first_status"] != "ok").sum()),
         "condition_pool": pool_rule,
+        "pairs_per_class": per_class,
     }
     return frame, summary
 

@@ -76,16 +76,28 @@ def dataset_stage(
     doc: str | None,
     argv: list[str] | None = None,
     errors: tuple[type[Exception], ...] = (ParamsError, FileNotFoundError),
-    with_method: bool = False,
 ) -> Any:
-    """Entry point of a per-dataset stage: `python -m pipelines.<stage> celeba|lfw [method]`."""
+    """Entry point of a per-dataset stage: `python -m pipelines.<stage> celeba|lfw`."""
     from facedata.datasets import DATASETS
 
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", choices=DATASETS)
-    if with_method:
-        parser.add_argument("method")
-    args = parser.parse_args(argv)
-    if with_method:
-        return run_stage(f"{label}@{args.dataset}-{args.method}", function, args.dataset, args.method, errors=errors)
-    return run_stage(f"{label}@{args.dataset}", function, args.dataset, errors=errors)
+    dataset = parser.parse_args(argv).dataset
+    return run_stage(f"{label}@{dataset}", function, dataset, errors=errors)
+
+
+def method_stage(
+    label: str,
+    function: Callable[..., Any],
+    doc: str | None,
+    argv: list[str] | None = None,
+    errors: tuple[type[Exception], ...] = (ParamsError, FileNotFoundError),
+) -> None:
+    """Entry point of a per-method stage: `python -m pipelines.<stage> <method>`, run on every dataset."""
+    from facedata.datasets import DATASETS
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("method")
+    method = parser.parse_args(argv).method
+    for dataset in DATASETS:
+        run_stage(f"{label}@{method} ({dataset})", function, dataset, method, errors=errors)

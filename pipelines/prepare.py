@@ -75,7 +75,7 @@ _worker: tuple[PrepareConfig, LandmarkDetector, Path] | None = None
 
 def _init_worker(config: PrepareConfig, out: Path) -> None:
     global _worker
-    _worker = (config, LandmarkDetector(config.detect_upsample), out)
+    _worker = (config, LandmarkDetector(config.detect_upsample, config.fallback_detector), out)
 
 
 def _save_png(array: np.ndarray, target: Path) -> None:
@@ -96,6 +96,7 @@ def process(job: Job) -> dict:
         "width": 0,
         "height": 0,
         "n_faces": 0,
+        "detector": "",
         "box": None,
         "landmarks": None,
         "landmarks_image": None,
@@ -115,6 +116,7 @@ def process(job: Job) -> dict:
         width=face.image_size[0],
         height=face.image_size[1],
         n_faces=face.n_faces,
+        detector=face.detector,
         box=face.box.tolist(),
         landmarks=face.landmarks.ravel().tolist(),
         landmarks_image=face.landmarks_image.ravel().tolist(),
@@ -163,11 +165,14 @@ def run(dataset: str, params: dict, raw: Path = Path("data/raw"), out_root: Path
                 rows.append(row)
 
     index = pd.DataFrame(rows).sort_values("key").reset_index(drop=True)
+    _fail_on_systematic_errors(index, len(jobs))
     _remove_stale_files(out, set(index.loc[index["status"] == "ok", "key"]))
     write_table(out / "index.parquet", index)
     statuses = Counter(index["status"])
+    found_by = index.loc[index["status"] == "ok", "detector"].value_counts()
     summary = {
         "dataset": dataset,
+        "detectors": {name: int(count) for name, count in found_by.items()},
         "photos": len(index),
         "status": dict(sorted(statuses.items())),
         "ok_share": round(statuses.get("ok", 0) / max(len(index), 1), 6),
@@ -186,8 +191,23 @@ def run(dataset: str, params: dict, raw: Path = Path("data/raw"), out_root: Path
     return summary
 
 
+def _fail_on_systematic_errors(index: pd.DataFrame, processed: int) -> None:
+    """Bad photos get statuses; an unexpected exception on most photos is a bug, and stops the stage."""
+    errors = index[index["status"] == "error"]
+    if processed and len(errors) > processed / 2:
+        raise RuntimeError(
+            f"{len(errors)} of {processed} photos failed with an unexpected error, e.g. "
+            f"{errors['key'].iloc[0]}: {errors['detail'].iloc[0]}"
+        )
+    for row in errors.itertuples():
+        print(f"unexpected error on {row.key}: {row.detail}")
+
+
 def _previous_rows(out: Path, config: PrepareConfig) -> dict[str, dict]:
-    """Rows of an earlier run with the same settings whose outputs are still on disk."""
+    """Rows of an earlier run with the same settings whose outputs are still on disk.
+
+    Rows with an unexpected error are never reused: the error says nothing about the photo.
+    """
     index_path = out / "index.parquet"
     if not index_path.is_file():
         return {}
@@ -195,6 +215,8 @@ def _previous_rows(out: Path, config: PrepareConfig) -> dict[str, dict]:
     previous = previous[previous["config"] == config.fingerprint()]
     rows = {}
     for row in previous.to_dict("records"):
+        if row["status"] == "error":
+            continue
         if row["status"] != "ok" or (
             (out / crop_relpath(row["key"])).is_file() and (out / mask_relpath(row["key"])).is_file()
         ):

@@ -56,13 +56,15 @@ def _mean_std(value: Any) -> tuple[float | None, float | None]:
 
 
 def table(results: dict[str, dict[str, dict]], paper: dict[str, dict], with_std: bool) -> pd.DataFrame:
-    """One row per method (paper rows first, in order, then any others); numeric columns.
+    """One row per method (the paper's rows in its order, then the others as given); numeric columns.
 
     For each metric: `<metric>` (ours), `<metric>_std` (LFW re-id), `<metric>_paper`,
-    `<metric>_paper_std`, `<metric>_diff` (ours - paper). Plus `n` (pairs evaluated),
-    `n_skipped` (pairs without an evaluable image) and `pose_failures`.
+    `<metric>_paper_std`, `<metric>_diff` (ours - paper). Plus `n` (pairs of the test set),
+    `n_skipped` (pairs no metric could evaluate: source photo not prepared or no anonymised
+    image; a metric's own protocol skips, like verification's different-person pairs, are
+    not counted) and `pose_failures` (images in which dlib found no face).
     """
-    methods = [m for m in PAPER_ROWS if m in results] + sorted(m for m in results if m not in PAPER_ROWS)
+    methods = [m for m in PAPER_ROWS if m in results] + [m for m in results if m not in PAPER_ROWS]
     rows = []
     for method in methods:
         result, reference = results[method], paper.get(method, {})
@@ -78,7 +80,7 @@ def table(results: dict[str, dict[str, dict]], paper: dict[str, dict], with_std:
             row[f"{column.metric}_diff"] = None if ours is None or theirs is None else ours - theirs
         evaluated = [r for r in result.values() if isinstance(r, dict) and "n" in r and not r.get("error")]
         row["n"] = max((int(r["n"]) + int(r.get("n_skipped", 0)) for r in evaluated), default=0)
-        row["n_skipped"] = max((int(r.get("n_skipped", 0)) for r in evaluated), default=0)
+        row["n_skipped"] = min((int(r.get("n_skipped", 0)) for r in evaluated), default=0)
         row["pose_failures"] = int(result.get("pose_error", {}).get("n_failed", 0) or 0)
         rows.append(row)
     return pd.DataFrame(rows)

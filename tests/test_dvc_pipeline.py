@@ -4,44 +4,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import PREPARED_CACHE, REPO
+from tests.conftest import PREPARED_CACHE, dvc, repository_copy
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 
-def tracked_copy(destination: Path) -> None:
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    ).stdout.split()
-    for name in files:
-        if (REPO / name).is_file():
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, destination / name)
-
-
-def dvc(workdir: Path, *args: str) -> str:
-    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    result = subprocess.run(
-        [sys.executable, "-m", "dvc", *args], cwd=workdir, capture_output=True, text=True, env=environment
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
 def test_repro_pairs_then_nothing_to_do(tmp_path, celeba_aligned_root, lfw_root, prepared_lfw):
-    workdir = tmp_path / "repo"
-    workdir.mkdir()
-    tracked_copy(workdir)
-    subprocess.run(["git", "init", "-q"], cwd=workdir, check=True)
+    workdir = repository_copy(tmp_path / "repo")
     params = yaml.safe_load((workdir / "params.yaml").read_text())
     params["data"]["celeba"]["root"] = str(celeba_aligned_root)
     params["data"]["lfw"]["root"] = str(lfw_root)
@@ -62,6 +36,6 @@ def test_repro_pairs_then_nothing_to_do(tmp_path, celeba_aligned_root, lfw_root,
 
     second = dvc(workdir, "repro", "pairs")
     assert "Running stage" not in second
-    status = dvc(workdir, "status")
+    status = dvc(workdir, "status", "pairs")  # pairs and everything upstream of it
     assert "up to date" in status.lower()
     assert PREPARED_CACHE.is_dir()

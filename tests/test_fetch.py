@@ -228,3 +228,24 @@ def test_local_copy_with_the_wrong_layout_names_what_is_missing(tmp_path):
     with pytest.raises(LayoutError, match="identity_CelebA.txt"):
         verify_local("celeba", tmp_path, "aligned")
     assert Path(tmp_path).is_dir()
+
+
+def test_outputs_are_readable_by_others(tmp_path):
+    from facedata.atomic import write_json
+
+    write_json(tmp_path / "out.json", {"a": 1})
+    assert (tmp_path / "out.json").stat().st_mode & 0o044 == 0o044  # not mkstemp's 0600
+
+
+def test_unreachable_source_is_one_line_with_the_local_copy_hint(file_server, tmp_path, monkeypatch):
+    from facedata import datasets
+    from pipelines import download
+
+    monkeypatch.setattr(datasets, "LFW_PAIRS", Remote("pairs.txt", file_server.url("/gone"), sha256(b"x")))
+    monkeypatch.setattr(download, "RAW", tmp_path / "raw")
+    offline = {"data": {"lfw": {"root": None, "variant": "deepfunneled"}}, "download": {"retries": 0, "timeout_s": 5}}
+    monkeypatch.setattr("pipelines.params.load", lambda: offline)
+    with pytest.raises(SystemExit) as stop:
+        download.main(["lfw"])
+    assert str(stop.value).startswith("download@lfw: pairs.txt: HTTP 404")
+    assert str(stop.value).endswith("set data.lfw.root instead")

@@ -130,3 +130,14 @@ def test_lfw_same_fold_pool_can_run_out_and_says_so():
     two_people = [pairs[0], LfwPair(0, False, "A/A_0001.jpg", "B/B_0001.jpg")]
     with pytest.raises(ValueError, match="third person is available for fold 1"):
         lfw_pairs(two_people, index, {"condition_pool": "same_fold"}, seed=0)
+
+
+def test_lfw_can_keep_the_first_pairs_of_each_class_per_fold():
+    pairs, index = lfw_fixture()
+    frame, summary = lfw_pairs(pairs, index, {"condition_pool": "all_pairs", "pairs_per_class": 1}, seed=0)
+    assert len(frame) == 4 and summary["pairs_per_class"] == 1  # the fixture has one of each per fold
+    more = pairs + [LfwPair(0, True, "A/A_0002.jpg", "A/A_0001.jpg"), LfwPair(1, False, "D/D_0001.jpg", "E/E_0001.jpg")]
+    frame, _ = lfw_pairs(more, index, {"condition_pool": "all_pairs", "pairs_per_class": 1}, seed=0)
+    assert list(frame["source"]) == [p.second for p in pairs]  # the first of each (fold, class), in file order
+    with pytest.raises(ParamsError, match="pairs_per_class must be an integer >= 1"):
+        lfw_pairs(pairs, index, {"condition_pool": "all_pairs", "pairs_per_class": 0}, seed=0)

@@ -21,6 +21,7 @@ def params_with(**prepare):
         ({"crop_height": "tall"}, "prepare.crop_height must be an integer >= 16"),
         ({"crop_width": 8}, "prepare.crop_width must be an integer >= 16"),
         ({"detect_upsample": 7}, "prepare.detect_upsample must be 0..3"),
+        ({"fallback_detector": "yolo"}, "prepare.fallback_detector must be cnn or null"),
         ({"eye_scale": 0.1}, r"prepare.eye_scale must be in \[1, 20\]"),
         ({"workers": -1}, "prepare.workers must be an integer >= 0"),
         ({"colour": "blue"}, "unexpected keyword argument 'colour'"),

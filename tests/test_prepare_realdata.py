@@ -60,3 +60,23 @@ def test_reader_refuses_keys_that_were_not_prepared(prepared_lfw):
         dataset.crop(failed)
     with pytest.raises(KeyError, match="is not in"):
         dataset.crop("Nobody/Nobody_0001.jpg")
+
+
+@pytest.mark.slow
+def test_cnn_fallback_finds_the_faces_hog_misses(prepared_lfw, lfw_root):
+    from facedata.crops import PrepareConfig, prepare_face
+    from facedata.images import ImageError
+    from facedata.landmarks import LandmarkDetector
+
+    index = PreparedDataset(prepared_lfw).index
+    rescued = index[index["detector"] == "cnn"]
+    assert 0 < len(rescued) < 0.01 * len(index) and (rescued["status"] == "ok").all()
+    key = rescued["key"].iloc[0]
+    path = lfw_root / "lfw-deepfunneled" / key
+    with pytest.raises(ImageError) as hog_only:
+        prepare_face(path, PrepareConfig(fallback_detector=None), LandmarkDetector())
+    assert hog_only.value.status == "no_face"
+    face = prepare_face(path, PrepareConfig(), LandmarkDetector(fallback="cnn"))
+    assert face.detector == "cnn"
+    eyes = face.landmarks[[39, 42]].mean(axis=0)
+    assert np.abs(eyes - (89.5, 109.5)).max() < 1.0  # framed like every other face

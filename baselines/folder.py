@@ -1,0 +1,65 @@
+"""Evaluate images a third-party method wrote: `<directory>/<pair_id>.png`, one per manifest row.
+
+The images must already be anonymised crops in the canonical frame (the same size as the
+prepared crops, composited as the method intends); they are returned as they are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from baselines.interface import Anonymiser, FaceBatch, RunContext, register
+from pipelines.params import ParamsError, section
+
+#: How many missing file names an error lists before it only counts them.
+_LISTED = 5
+
+
+@register("folder")
+class FolderAnonymiser(Anonymiser):
+    """Reads `<directory>/<pair_id>.png` for each face of a batch."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise FileNotFoundError(f"folder anonymiser: {self.directory} is not a directory")
+
+    @classmethod
+    def from_params(cls, context: RunContext) -> FolderAnonymiser:
+        """<root>/<dataset>/, e.g. third_party/celeba/17.png.
+
+        root: the method's own `methods.<name>.root` (several third-party methods side by side),
+        else `baselines.folder.root`.
+        """
+        entry = (context.params.get("methods") or {}).get(context.method) or {}
+        root = entry.get("root") or section(context.params, "baselines.folder").get("root")
+        if not root:
+            raise ParamsError(
+                f"methods.{context.method}.root or baselines.folder.root must name the folder "
+                "holding <dataset>/<pair_id>.png"
+            )
+        return cls(Path(root) / context.dataset)
+
+    def anonymise(self, batch: FaceBatch) -> np.ndarray:
+        paths = [self.directory / f"{pair_id}.png" for pair_id in batch.pair_ids]
+        missing = [path.name for path in paths if not path.is_file()]
+        if missing:
+            listed = ", ".join(missing[:_LISTED])
+            if len(missing) > _LISTED:
+                listed += f" and {len(missing) - _LISTED} more"
+            raise FileNotFoundError(f"{self.directory}: {len(missing)} of {len(paths)} images missing: {listed}")
+        height, width = batch.source.shape[1:3]
+        images = []
+        for path in paths:
+            try:
+                with Image.open(path) as image:
+                    rgb = np.asarray(image.convert("RGB"))
+            except (UnidentifiedImageError, OSError) as error:
+                raise ValueError(f"{path}: not a readable image ({error})") from error
+            if rgb.shape[:2] != (height, width):
+                raise ValueError(f"{path} is {rgb.shape[1]}x{rgb.shape[0]} (WxH); the crops are {width}x{height}")
+            images.append(rgb)
+        return np.stack(images) if images else np.zeros_like(batch.source)

@@ -1,0 +1,170 @@
+"""The metric registry and the inputs every metric reads.
+
+A metric is a function `metric(inputs, **options) -> dict` registered by name. `calc`
+times it and completes its result into a plain dict:
+
+    {"metric": "pose_error", "value": 0.071, ..., "n": 2964, "n_skipped": 36,
+     "skipped": {"no anonymised image": 36}, "options": {...}, "seconds": 41.2}
+
+A metric may also return `per_pair`: a DataFrame with a `pair_id` column and one column of
+per-pair values (e.g. each image's pose error), for distributions. It is the only entry that
+is not plain JSON; the evaluate stage writes it to its own file.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from facedata.prepared import PreparedDataset, crop_relpath
+
+DEFAULT_CACHE = Path(".cache/metrics")
+LFW_COLUMNS = ("fold", "same", "first")
+
+
+@dataclass(frozen=True)
+class PairSet:
+    """A pair manifest with the prepared dataset its keys refer to."""
+
+    manifest: pd.DataFrame
+    prepared: PreparedDataset
+
+    def __post_init__(self):
+        missing = {"pair_id", "source"} - set(self.manifest.columns)
+        if missing:
+            raise ValueError(f"pair manifest lacks column(s) {sorted(missing)}; it has {list(self.manifest.columns)}")
+        if self.manifest["pair_id"].duplicated().any():
+            raise ValueError("pair manifest has duplicate pair_id values")
+
+    @property
+    def is_lfw(self) -> bool:
+        """LFW's manifest names a kept first photo per pair; CelebA's does not."""
+        return all(column in self.manifest.columns for column in LFW_COLUMNS)
+
+    def crop_path(self, key: str) -> Path:
+        return self.prepared.root / crop_relpath(key)
+
+    def prepared_keys(self, *columns: str) -> list[str]:
+        """Unique keys in `columns` whose photo was prepared, sorted: a set fixed per dataset."""
+        keys = set().union(*(self.manifest[column] for column in columns))
+        return sorted(keys.intersection(self.prepared.ok.index))
+
+
+@dataclass(frozen=True)
+class MetricInputs:
+    """What a metric reads: pairs, real crops and a folder of anonymised crops `<pair_id>.png`.
+
+    `calibration` holds real LFW pairs for the verification metrics' thresholds; on LFW
+    itself it may stay None (the dataset calibrates itself).
+    """
+
+    pairs: PairSet
+    images: Path
+    cache: Path = DEFAULT_CACHE
+    calibration: PairSet | None = None
+    device: str | None = None
+    batch_size: int = 32
+    workers: int = 0  # processes for the CPU-bound dlib work; 0 = all cores
+    _selection: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def image_path(self, pair_id: int) -> Path:
+        return Path(self.images) / f"{int(pair_id)}.png"
+
+    def evaluable(self, *also_prepared: str) -> tuple[pd.DataFrame, Counter]:
+        """Rows with an anonymised image and prepared photos in `source` and `also_prepared` columns.
+
+        Returns the rows and the skipped rows counted by reason.
+        """
+        key = also_prepared
+        if key not in self._selection:
+            manifest, ok = self.pairs.manifest, self.pairs.prepared.ok.index
+            reasons = pd.Series("", index=manifest.index)
+            for column in ("source", *also_prepared):
+                reasons[(reasons == "") & ~manifest[column].isin(ok)] = f"{column} photo not prepared"
+            has_image = np.array([self.image_path(pair_id).is_file() for pair_id in manifest["pair_id"]])
+            reasons[(reasons == "") & ~has_image] = "no anonymised image"
+            for pair_id in manifest.loc[reasons == "", "pair_id"]:
+                self._check_size(self.image_path(pair_id))
+            self._selection[key] = (manifest[reasons == ""], Counter(reasons[reasons != ""]))
+        rows, skipped = self._selection[key]
+        return rows, Counter(skipped)
+
+    @cached_property
+    def crop_size(self) -> tuple[int, int]:
+        """(W, H) of the prepared crops, which anonymised images must match."""
+        with Image.open(self.pairs.crop_path(self.pairs.prepared.ok.index[0])) as crop:
+            return crop.size
+
+    def _check_size(self, path: Path) -> None:
+        expected = self.crop_size
+        try:
+            with Image.open(path) as image:
+                size = image.size
+        except OSError as error:
+            raise ValueError(f"{path}: not a readable image ({error})") from error
+        if size != expected:
+            raise ValueError(f"{path}: image is {size[0]}x{size[1]} (WxH), expected {expected[0]}x{expected[1]} "
+                             "like the prepared crops")
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+_METRICS: dict[str, Callable[..., dict]] = {}
+
+
+def register(function: Callable[..., dict]) -> Callable[..., dict]:
+    """Register `function` under its own name; its keyword-only parameters are its options."""
+    if function.__name__ in _METRICS:
+        raise ValueError(f"metric {function.__name__!r} is registered twice")
+    _METRICS[function.__name__] = function
+    return function
+
+
+def available() -> list[str]:
+    """Names of the registered metrics."""
+    return sorted(_METRICS)
+
+
+def options(name: str) -> dict[str, object]:
+    """The options of metric `name` with their defaults."""
+    parameters = inspect.signature(_get(name)).parameters.values()
+    return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def calc(name: str, inputs: MetricInputs, **overrides) -> dict:
+    """Compute metric `name` on `inputs`; unknown options are an error naming them."""
+    function = _get(name)
+    settings = options(name)
+    unknown = set(overrides) - set(settings)
+    if unknown:
+        raise TypeError(f"metric {name!r} has no option(s) {sorted(unknown)}; its options: {sorted(settings)}")
+    settings.update(overrides)
+    start = time.perf_counter()
+    result = function(inputs, **settings)
+    skipped = {reason: int(count) for reason, count in sorted(result.pop("skipped", {}).items())}
+    return {"metric": name, **result, "n_skipped": sum(skipped.values()), "skipped": skipped,
+            "options": settings, "seconds": round(time.perf_counter() - start, 3)}
+
+
+def _get(name: str) -> Callable[..., dict]:
+    if name not in _METRICS:
+        raise KeyError(f"unknown metric {name!r}; available: {', '.join(available())}")
+    return _METRICS[name]

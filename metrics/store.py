@@ -1,0 +1,63 @@
+"""Features cached on disk by content, and a process pool for the CPU-bound dlib work.
+
+A set of images is cached as one array under `<cache>/<extractor>/<digest>.npy`, where the
+digest covers every image's bytes (plus whatever else the extractor reads, such as the
+landmarks it aligns with) in order. The same real crops therefore yield their features once
+per dataset, reused by every method and every run, and any changed byte invalidates them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from facedata.atomic import atomic_path
+
+
+def content_digest(path: Path, extra: bytes = b"") -> str:
+    """SHA-1 of a file's bytes followed by `extra`."""
+    digest = hashlib.sha1(Path(path).read_bytes())
+    digest.update(extra)
+    return digest.hexdigest()
+
+
+def cached_features(cache: Path, extractor: str, digests: Sequence[str],
+                    compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """`compute()` (one row per digest), or the array stored for exactly these digests by `extractor`."""
+    key = hashlib.sha1("\n".join(digests).encode()).hexdigest()
+    path = Path(cache) / extractor / f"{key}.npy"
+    if path.is_file():
+        features = np.load(path)
+        if len(features) == len(digests):
+            return features
+    features = np.asarray(compute())
+    if len(features) != len(digests):
+        raise RuntimeError(f"{extractor}: computed {len(features)} rows for {len(digests)} images")
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, features)
+    return features
+
+
+def worker_count(workers: int) -> int:
+    """0 means every core this process may use."""
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    return workers or len(os.sched_getaffinity(0))
+
+
+def map_parallel(function: Callable, items: Sequence, workers: int) -> list:
+    """`[function(item) for item in items]`, spread over processes when workers > 1.
+
+    `function` must be a module-level function; it keeps its own models per process.
+    """
+    workers = min(worker_count(workers), len(items))
+    if workers <= 1:
+        return [function(item) for item in items]
+    chunk = max(1, len(items) // (workers * 8))
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(function, items, chunksize=chunk))

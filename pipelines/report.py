@@ -1,0 +1,266 @@
+"""Stage `report`: Tables 1 (CelebA) and 2 (LFW) beside the paper's numbers, and the figures.
+
+Reads results/<dataset>/<method>.json (+ .pairs.csv), outputs/<dataset>/<method>/ and
+dvclive/<method>/; writes reports/table{1,2}.{md,csv,tex} and reports/figures/*.png.
+A metric that was not computed (e.g. pretrained weights missing) shows as "-".
+
+    python -m pipelines.report
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import yaml
+from PIL import Image
+
+from facedata.atomic import atomic_path, write_bytes, write_table
+from facedata.prepared import PreparedDataset
+from pipelines.params import ParamsError, integer, run_stage, section
+from pipelines.tables import PAPER_ROWS, table, to_latex, to_markdown
+
+TABLES = {"celeba": (1, "Table 1: CelebA test set"), "lfw": (2, "Table 2: LFW (re-id: mean ± std over folds)")}
+
+
+def load_results(results: Path, dataset: str, methods: list[str]) -> dict[str, dict]:
+    found = {}
+    for method in methods:
+        path = results / dataset / f"{method}.json"
+        if path.is_file():
+            found[method] = json.loads(path.read_text())
+        else:
+            print(f"report: no results for {dataset}/{method} ({path} missing); its row is left out")
+    return found
+
+
+def value(result: dict, metric: str) -> float:
+    entry = result.get(metric) or {}
+    number = entry.get("value") if not entry.get("error") else None
+    return math.nan if number is None else float(number)
+
+
+def save_figure(figure: plt.Figure, target: Path) -> None:
+    with atomic_path(target) as tmp:
+        figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(figure)
+
+
+def privacy_utility(all_results: dict, paper: dict, target: Path) -> None:
+    """Re-identification against image quality, one point per method; the paper's beside ours.
+
+    Left: the paper's axes (FID, FaceNet casia re-id); our points appear where the Inception
+    and FaceNet weights were available. Right: the offline axes (dlib detection, dlib
+    verification re-id), always computed.
+    """
+    figure, axes = plt.subplots(len(all_results), 2, figsize=(12, 5 * len(all_results)), squeeze=False)
+    for row, (dataset, results) in enumerate(all_results.items()):
+        ours = pd.DataFrame(
+            [
+                {
+                    "method": m,
+                    "fid": value(r, "fid"),
+                    "reid": value(r, "reid_facenet_casia"),
+                    "detection": value(r, "detection_dlib"),
+                    "verified": value(r, "verification_dlib"),
+                }
+                for m, r in results.items()
+            ]
+        )
+        theirs = pd.DataFrame(
+            [
+                {
+                    "method": m,
+                    "fid": v["fid"],
+                    "reid": v["reid_facenet_casia"][0]
+                    if isinstance(v["reid_facenet_casia"], list)
+                    else v["reid_facenet_casia"],
+                }
+                for m, v in paper.get(dataset, {}).items()
+            ]
+        )
+        left, right = axes[row]
+        left.scatter(
+            theirs["fid"], 100 * theirs["reid"], marker="o", facecolors="none", edgecolors="grey", label="paper"
+        )
+        left.scatter(ours["fid"], 100 * ours["reid"], color="tab:blue", label="ours")
+        for frame, colour in ((theirs, "grey"), (ours, "tab:blue")):
+            for item in frame.itertuples():
+                if np.isfinite(item.fid) and np.isfinite(item.reid):
+                    left.annotate(item.method, (item.fid, 100 * item.reid), fontsize=7, color=colour)
+        missing = ours["fid"].isna().all() or ours["reid"].isna().all()
+        left.set(
+            title=f"{dataset}: paper axes" + (" (ours not computed: weights missing)" if missing else ""),
+            xlabel="FID (lower is better)",
+            ylabel="re-id, FaceNet casia top-1 (%)",
+        )
+        left.legend()
+        right.scatter(100 * ours["detection"], 100 * ours["verified"], color="tab:orange")
+        for item in ours.itertuples():
+            if np.isfinite(item.detection) and np.isfinite(item.verified):
+                right.annotate(item.method, (100 * item.detection, 100 * item.verified), fontsize=7)
+        right.set(
+            title=f"{dataset}: offline axes",
+            xlabel="dlib detection (%, higher is better)",
+            ylabel="re-id, dlib verification (%, lower is better)",
+        )
+    save_figure(figure, target)
+
+
+def detection(all_results: dict, paper: dict, target: Path) -> None:
+    rows = []
+    for dataset, results in all_results.items():
+        for method, result in results.items():
+            for metric, detector in (("detection_dlib", "dlib"), ("detection_mtcnn", "MTCNN")):
+                reference = paper.get(dataset, {}).get(method, {}).get(metric)
+                rows.append(
+                    {
+                        "dataset": dataset,
+                        "method": method,
+                        "detector": detector,
+                        "ours": 100 * value(result, metric),
+                        "paper": math.nan if reference is None else 100 * reference,
+                    }
+                )
+    frame = pd.DataFrame(rows)
+    grid = sns.catplot(frame, x="method", y="ours", hue="detector", col="dataset", kind="bar", height=4, aspect=1.6)
+    for axis, (_, part) in zip(grid.axes.flat, frame.groupby("dataset", sort=False), strict=True):
+        order = [label.get_text() for label in axis.get_xticklabels()]
+        for offset, detector in ((-0.2, "dlib"), (0.2, "MTCNN")):
+            points = part[part["detector"] == detector].set_index("method").reindex(order)
+            axis.scatter(
+                np.arange(len(order)) + offset,
+                points["paper"],
+                marker="_",
+                s=200,
+                color="black",
+                label="paper" if detector == "dlib" else None,
+            )
+        axis.tick_params(axis="x", rotation=45)
+        axis.set(ylabel="faces detected (%)", ylim=(0, 105))
+    grid.axes.flat[0].legend(loc="lower left")
+    save_figure(grid.figure, target)
+
+
+def pose_errors(results_root: Path, all_results: dict, target: Path) -> None:
+    frames = []
+    for dataset, results in all_results.items():
+        for method in results:
+            path = results_root / dataset / f"{method}.pairs.csv"
+            if path.is_file():
+                per_pair = pd.read_csv(path)
+                if "pose_error" in per_pair:
+                    frames.append(per_pair[["pose_error"]].dropna().assign(dataset=dataset, method=method))
+    figure, axis = plt.subplots(figsize=(12, 4))
+    if frames:
+        sns.boxplot(pd.concat(frames), x="method", y="pose_error", hue="dataset", ax=axis, showfliers=False)
+    axis.set(ylabel="pose error (L1 / outer-eye distance)", title="pose error per image (faces dlib found)")
+    axis.tick_params(axis="x", rotation=45)
+    save_figure(figure, target)
+
+
+def training_curves(live: Path, methods: list[str], target: Path) -> None:
+    """Every scalar DVCLive logged for each trained method, against its step."""
+    frames = []
+    for method in methods:
+        for path in sorted((live / method / "plots" / "metrics").rglob("*.tsv")):
+            series = pd.read_csv(path, sep="\t")
+            name = path.relative_to(live / method / "plots" / "metrics").with_suffix("").as_posix()
+            frames.append(
+                pd.DataFrame(
+                    {"method": method, "metric": name, "step": series["step"], "value": series[series.columns[-1]]}
+                )
+            )
+    if not frames:
+        figure, axis = plt.subplots(figsize=(6, 2))
+        axis.text(0.5, 0.5, "no training logs in dvclive/", ha="center", va="center")
+        axis.axis("off")
+        save_figure(figure, target)
+        return
+    curves = pd.concat(frames)
+    grid = sns.relplot(
+        curves,
+        x="step",
+        y="value",
+        hue="metric",
+        col="method",
+        col_wrap=3,
+        kind="line",
+        height=3,
+        aspect=1.4,
+        facet_kws={"sharey": False, "sharex": False},
+    )
+    save_figure(grid.figure, target)
+
+
+def qualitative(dataset: str, methods: list[str], outputs: Path, prepared: Path, pairs: int, target: Path) -> None:
+    """The paper's Figure 3 layout: condition, source, then every method's output for the same pair."""
+    manifests = {
+        m: pd.read_csv(outputs / dataset / m / "manifest.csv")
+        for m in methods
+        if (outputs / dataset / m / "manifest.csv").is_file()
+    }
+    if not manifests:
+        raise FileNotFoundError(f"no anonymised outputs under {outputs / dataset}")
+    shown = list(manifests)
+    ready = set.intersection(*(set(f.loc[f["status"] == "ok", "pair_id"]) for f in manifests.values()))
+    first = next(iter(manifests.values()))
+    rows = first[first["pair_id"].isin(ready)].head(pairs)
+    faces = PreparedDataset(prepared / dataset)
+    columns = ["condition", "source", *shown]
+    figure, axes = plt.subplots(len(rows), len(columns), figsize=(1.2 * len(columns), 1.5 * len(rows)), squeeze=False)
+    for r, row in enumerate(rows.itertuples()):
+        images = [faces.crop(row.condition), faces.crop(row.source)]
+        images += [np.asarray(Image.open(outputs / dataset / m / f"{row.pair_id}.png")) for m in shown]
+        for c, image in enumerate(images):
+            axes[r, c].imshow(image)
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+            if r == 0:
+                axes[r, c].set_title(PAPER_ROWS.get(columns[c], columns[c]).replace(" ", "\n", 1), fontsize=6)
+    save_figure(figure, target)
+
+
+def run(
+    params: dict,
+    *,
+    results: Path = Path("results"),
+    outputs: Path = Path("outputs"),
+    live: Path = Path("dvclive"),
+    prepared: Path = Path("data/prepared"),
+    paper_file: Path = Path("reports/paper_numbers.yaml"),
+    out: Path = Path("reports"),
+) -> dict[str, pd.DataFrame]:
+    methods = list(section(params, "methods"))
+    grid_pairs = integer(section(params, "report").get("grid_pairs"), "report.grid_pairs", 1)
+    paper = yaml.safe_load(paper_file.read_text())
+    all_results = {dataset: load_results(results, dataset, methods) for dataset in TABLES}
+    tables = {}
+    for dataset, (number, caption) in TABLES.items():
+        frame = table(all_results[dataset], paper[dataset], with_std=dataset == "lfw")
+        write_table(out / f"table{number}.csv", frame)
+        write_bytes(out / f"table{number}.md", to_markdown(frame, caption).encode())
+        write_bytes(out / f"table{number}.tex", to_latex(frame, caption).encode())
+        tables[dataset] = frame
+        print(to_markdown(frame, caption))
+    figures = out / "figures"
+    privacy_utility(all_results, paper, figures / "privacy_utility.png")
+    detection(all_results, paper, figures / "detection.png")
+    pose_errors(results, all_results, figures / "pose_error.png")
+    training_curves(live, methods, figures / "training_curves.png")
+    for dataset in TABLES:
+        qualitative(dataset, methods, outputs, prepared, grid_pairs, figures / f"qualitative_{dataset}.png")
+    return tables
+
+
+def main() -> None:
+    run_stage("report", run, errors=(ParamsError, FileNotFoundError))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,474 @@
+"""AnonyGAN: network sizes and shapes per variant, the bipartite crossing, losses, gradients;
+training on real faces (hybrid batches, overfitting, exact resume), checkpoints, inference, the stage."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import default_collate
+
+from anonygan import losses
+from anonygan.data import NetworkInputs, PairData, hybrid_batches, landmark_maps
+from anonygan.inference import AnonyGANInference
+from anonygan.model import BipartiteGraphUnit, LandmarkAttention, ModelConfig, build, composite
+from anonygan.training import NonFiniteLossError, TrainConfig, Trainer, load_checkpoint
+from facedata.framing import face_mask
+from facedata.landmarks import CIAGAN_29
+from facedata.prepared import PreparedDataset, crop_relpath, mask_relpath
+from pipelines import train as train_stage
+from pipelines.params import ParamsError, load
+
+VARIANTS = ("anonygan-plain-68", "anonygan-plain-29", "anonygan-la-68", "anonygan-68")
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+SMALL = (64, 52)  # the tiny test crop: divisible by 4, large enough for the PatchGANs' 6 layers
+
+
+def tiny_configs(method: str = "anonygan-68", **overrides) -> tuple[ModelConfig, TrainConfig]:
+    return train_stage.configs(train_stage.overridden(load(PARAMS), train_stage.TINY_OVERRIDES | overrides), method)
+
+
+def random_inputs(config: ModelConfig, batch: int, size: tuple[int, int], seed: int = 0):
+    """Images in [-1, 1] and one-hot landmark maps at random positions."""
+    generator = torch.Generator().manual_seed(seed)
+    height, width = size
+    condition, source = (torch.rand(batch, 3, height, width, generator=generator) * 2 - 1 for _ in range(2))
+    landmarks = torch.rand(2, batch, 68, 2, generator=generator) * torch.tensor([width - 1, height - 1])
+    condition_maps, source_maps = (landmark_maps(points, config.landmark_indices, height, width)
+                                   for points in landmarks)
+    mask = torch.zeros(batch, 1, height, width)
+    mask[..., height // 4: 3 * height // 4, width // 4: 3 * width // 4] = 1
+    return condition, source, mask, condition_maps, source_maps
+
+
+def parameter_count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_full_generator_has_the_papers_28_4_million_parameters():
+    generator, d_app, d_lm = build(ModelConfig())
+    assert round(parameter_count(generator) / 1e6, 1) == 28.4
+    # D_lm differs from D_app only in its first conv: 68 landmark channels instead of 3 image ones.
+    assert parameter_count(d_lm) - parameter_count(d_app) == (68 - 3) * 64 * 4 * 4
+
+
+@pytest.mark.parametrize("method", VARIANTS)
+def test_variant_settings_come_from_params(method):
+    model, train = train_stage.configs(load(PARAMS), method)
+    expected = {"anonygan-plain-68": (68, False, False), "anonygan-plain-29": (29, False, False),
+                "anonygan-la-68": (68, True, False), "anonygan-68": (68, True, True)}[method]
+    assert (model.landmarks, model.landmark_attention, train.context_matching) == expected
+    assert (model.base_channels, model.graph_blocks, train.batch_size, train.epochs) == (64, 6, 32, 700)
+
+
+@pytest.mark.slow
+def test_full_size_generator_maps_220x180_inputs_to_a_220x180_image():
+    config = ModelConfig()
+    generator, d_app, d_lm = build(config)
+    condition, source, mask, condition_maps, source_maps = random_inputs(config, 1, (220, 180))
+    # Train mode: with fresh BatchNorm statistics the unnormalised graph projection (a sum over
+    # all 55x45 positions, as in the authors' GloRe unit) grows through the 6 blocks in eval mode.
+    with torch.no_grad():
+        image = generator(condition, source * (1 - mask), condition_maps, source_maps)
+        features = d_app(image, condition)
+    assert image.shape == (1, 3, 220, 180) and image.abs().max() <= 1
+    # PatchGAN: 5 feature maps, then 11x9 patch logits at 220x180 (the authors' label size).
+    assert [f.shape[1] for f in features] == [64, 128, 256, 512, 512, 1]
+    assert features[-1].shape == (1, 1, 11, 9)
+
+
+@pytest.mark.parametrize("method", VARIANTS)
+def test_each_variant_in_the_tiny_configuration_outputs_images_and_patch_logits(method):
+    model, _ = tiny_configs(method)
+    generator, d_app, d_lm = build(model)
+    condition, source, mask, condition_maps, source_maps = random_inputs(model, 2, SMALL)
+    assert condition_maps.shape == (2, model.landmarks, *SMALL)
+    image = generator(condition, source * (1 - mask), condition_maps, source_maps)
+    assert image.shape == (2, 3, *SMALL)
+    assert d_app(image, condition)[-1].shape == d_lm(image, source_maps)[-1].shape == (2, 1, 2, 1)
+    has_attention = any(isinstance(m, LandmarkAttention) for m in generator.modules())
+    assert has_attention == model.landmark_attention
+    assert generator.shape_encoder[1].in_channels == 2 * model.landmarks
+    assert len(generator.blocks) == 2 and generator.blocks[0].appearance_path[1].in_channels == 32
+
+
+def test_landmark_maps_are_one_hot_at_the_rounded_pixel_and_skip_points_outside():
+    landmarks = torch.zeros(1, 68, 2)
+    landmarks[0, 0] = torch.tensor([3.4, 5.6])  # x, y -> pixel (row 6, column 3)
+    landmarks[0, 1] = torch.tensor([-3.0, 2.0])  # outside the frame
+    landmarks[0, 2:] = torch.tensor([7.0, 1.0])
+    maps = landmark_maps(landmarks, range(68), 10, 8)
+    assert maps.shape == (1, 68, 10, 8)
+    assert maps[0, 0, 6, 3] == 1 and maps[0, 0].sum() == 1
+    assert maps[0, 1].sum() == 0
+    assert maps[0, 2:, 1, 7].eq(1).all() and maps.sum() == 67
+    subset = landmark_maps(landmarks, CIAGAN_29, 10, 8)
+    assert torch.equal(subset, maps[:, list(CIAGAN_29)])
+
+
+def test_landmark_attention_weights_maps_per_channel_and_starts_near_one_half():
+    attention = LandmarkAttention(3)
+    maps = landmark_maps(torch.rand(2, 68, 2) * 50, range(68), 64, 52)
+    weighted = attention(maps)
+    weights = weighted.sum(dim=(2, 3)) / maps.sum(dim=(2, 3))  # each channel has one pixel set
+    # One-hot GAP is ~1/(H*W), so sigmoid(conv(.)) stays within a hair of 0.5.
+    assert torch.allclose(weights, torch.full_like(weights, 0.5), atol=1e-3)
+    with torch.no_grad():  # the 1-D conv mixes neighbouring channels: kernel [0, 1, 0] sees only its own
+        attention.conv.weight.copy_(torch.tensor([[[0.0, 1.0, 0.0]]]) * 1e4)
+    pooled = maps.mean(dim=(2, 3))
+    assert torch.allclose(attention(maps), maps * torch.sigmoid(1e4 * pooled)[:, :, None, None])
+
+
+def test_bipartite_unit_projects_each_half_with_the_other_halfs_map():
+    torch.manual_seed(0)
+    unit = BipartiteGraphUnit(16).eval()
+    with torch.no_grad():  # non-trivial running statistics, so the norm is not the identity
+        unit.norm.running_mean.uniform_(-1, 1)
+        unit.norm.running_var.uniform_(0.5, 2)
+    shape = torch.randn(2, 32, 6, 5)
+    a, b = shape[:, :16], shape[:, 16:]
+
+    def by_hand(half, other, gcn):
+        states = unit.to_states(half).flatten(2)  # (N, 16 states, 30 pixels)
+        projection = unit.to_projection(other).flatten(2)  # (N, 8 nodes, 30 pixels): the other half's
+        nodes = torch.einsum("nsp,nvp->nsv", states, projection)
+        nodes = gcn.state_update(F.relu(gcn.node_mixing(nodes.transpose(1, 2)).transpose(1, 2) + nodes))
+        pixels = torch.einsum("nsv,nvp->nsp", nodes, projection).reshape(2, 16, 6, 5)
+        return half + unit.norm(unit.extend(pixels))
+
+    with torch.no_grad():
+        out = unit(shape)
+        assert torch.allclose(out[:, :16], by_hand(a, b, unit.gcn_a), atol=1e-5)
+        assert torch.allclose(out[:, 16:], by_hand(b, a, unit.gcn_b), atol=1e-5)
+        # The crossing itself: changing half B moves half A's output (it supplies A's projection).
+        moved = unit(torch.cat([a, b + torch.randn_like(b)], dim=1))
+        assert not torch.allclose(moved[:, :16], out[:, :16], atol=1e-3)
+
+
+@pytest.mark.parametrize(("blend", "attention", "expected"),
+                         [("context", 0.0, "context"), ("condition", 1.0, "condition")])
+def test_output_blend_follows_the_attention_mask(blend, attention, expected, monkeypatch):
+    """context: G * A + I_sc * (1 - A) (authors' code); condition: I_c * A + G * (1 - A) (paper)."""
+    model = ModelConfig(base_channels=4, graph_blocks=1, output_blend=blend)
+    generator, _, _ = build(model)
+    condition, source, mask, condition_maps, source_maps = random_inputs(model, 1, SMALL)
+    inputs = {"condition": condition, "context": source * (1 - mask)}
+    monkeypatch.setattr(generator.attention_decoder, "forward",
+                        lambda code: torch.full((len(code), 1, *SMALL), attention))
+    with torch.no_grad():
+        image = generator(inputs["condition"], inputs["context"], condition_maps, source_maps)
+    assert torch.equal(image, inputs[expected])
+
+
+def test_reconstruction_region_image_sees_every_pixel_and_face_only_the_mask():
+    source = torch.zeros(1, 3, 8, 8)
+    generated = torch.zeros(1, 3, 8, 8)
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., :4, :] = 1  # top half is face
+    generated[..., 4:, :] = 1.0  # error only outside the face
+    assert losses.reconstruction(generated, source, mask, "image").item() == pytest.approx(0.5)
+    assert losses.reconstruction(generated, source, mask, "face").item() == 0.0
+    generated[..., :4, :] = -1.0  # and now inside too
+    assert losses.reconstruction(generated, source, mask, "face").item() == pytest.approx(0.5)
+    assert torch.equal(composite(generated, source, mask)[..., 4:, :], source[..., 4:, :])
+    with pytest.raises(ValueError, match="region"):
+        losses.reconstruction(generated, source, mask, "mask")
+
+
+def test_gan_and_feature_matching_losses():
+    logits = torch.tensor([[2.0, -1.0]])
+    assert losses.adversarial(logits, True).item() == pytest.approx(
+        -(F.logsigmoid(logits)).mean().item())
+    assert losses.discriminator(logits, logits).item() == pytest.approx(
+        (losses.adversarial(logits, True) + losses.adversarial(logits, False)).item() / 2)
+    real = [torch.zeros(2, 4, 3, 3), torch.zeros(2, 8, 2, 2)]
+    fake = [torch.ones(2, 4, 3, 3, requires_grad=True), torch.full((2, 8, 2, 2), 3.0, requires_grad=True)]
+    matched = losses.weak_feature_matching(fake, real)
+    assert matched.item() == pytest.approx(1.0 + 3.0)  # per-layer means, summed
+    matched.backward()
+    assert fake[0].grad is not None
+
+
+@pytest.mark.parametrize("method", VARIANTS)
+def test_one_training_step_gives_every_parameter_of_all_three_networks_a_gradient(method, tmp_path):
+    model, train = tiny_configs(method)
+    trainer = Trainer(model, train, data=None, checkpoint=tmp_path / "checkpoint.pt")
+    condition, source, mask, condition_maps, source_maps = random_inputs(model, 4, SMALL)
+    same = torch.tensor([True, True, True, False])
+    condition = torch.where(same[:, None, None, None], source, condition)
+    condition_maps = torch.where(same[:, None, None, None], source_maps, condition_maps)
+    x = NetworkInputs(source=source, condition=condition, context=source * (1 - mask), mask=mask,
+                      source_maps=source_maps, condition_maps=condition_maps, same_image=same)
+    step_losses = trainer.step(x)
+    assert all(torch.isfinite(value) for value in step_losses.values())
+    assert step_losses["g_reconstruction"] > 0
+    assert (step_losses["g_wfm"] > 0) == train.context_matching
+    for name in ("generator", "d_app", "d_lm"):
+        for parameter_name, parameter in getattr(trainer, name).named_parameters():
+            assert parameter.grad is not None, f"{name}.{parameter_name} got no gradient"
+            assert parameter.grad.abs().sum() > 0, f"{name}.{parameter_name} has an all-zero gradient"
+
+
+# -- training on real faces -------------------------------------------------------------
+
+FACES_PER_IDENTITY = 4
+
+
+@pytest.fixture(scope="module")
+def small_prepared(prepared_celeba, tmp_path_factory) -> Path:
+    """8 real faces (2 identities x 4) resized to the 64x52 test crop, in the prepared layout.
+
+    Landmarks are rescaled and masks redrawn with facedata's polygon at the small size.
+    """
+    full = PreparedDataset(prepared_celeba)
+    ok = full.ok.sort_index()
+    identities = sorted(ok["identity"].unique())[:2]
+    keys = [key for identity in identities
+            for key in ok[ok["identity"] == identity]["key"][:FACES_PER_IDENTITY]]
+    root = tmp_path_factory.mktemp("prepared-small")
+    height, width = SMALL
+    rows = []
+    for key in keys:
+        crop = full.crop(key)
+        scale = np.array([width / crop.shape[1], height / crop.shape[0]], dtype=np.float32)
+        landmarks = (full.landmarks(key) + 0.5) * scale - 0.5  # pixel-centre coordinates
+        for relpath, image in ((crop_relpath(key), Image.fromarray(crop).resize((width, height),
+                                                                              Image.Resampling.LANCZOS)),
+                               (mask_relpath(key), Image.fromarray(face_mask(landmarks, SMALL)).convert("L"))):
+            (root / relpath).parent.mkdir(parents=True, exist_ok=True)
+            image.save(root / relpath)
+        row = full.index.loc[key].copy()
+        row["landmarks"] = landmarks.ravel().tolist()
+        rows.append(row)
+    pd.DataFrame(rows).to_parquet(root / "index.parquet", index=False)
+    return root
+
+
+def pair_manifest(prepared: Path) -> pd.DataFrame:
+    """Each face with itself, and with the next face of its identity (the authors' pairing)."""
+    index = PreparedDataset(prepared).ok
+    rows = []
+    for _, faces in index.groupby("identity"):
+        keys = list(faces["key"])
+        rows += [(key, key, True) for key in keys]
+        rows += [(key, keys[(i + 1) % len(keys)], False) for i, key in enumerate(keys)]
+    frame = pd.DataFrame(rows, columns=["source", "condition", "same_image"])
+    identity = index["identity"]  # indexed by key
+    frame["source_identity"] = frame["source"].map(identity)
+    frame["condition_identity"] = frame["condition"].map(identity)
+    frame.insert(0, "pair_id", range(len(frame)))
+    return frame
+
+
+@pytest.fixture(scope="module")
+def small_pairs(small_prepared) -> PairData:
+    return PairData(PreparedDataset(small_prepared), pair_manifest(small_prepared))
+
+
+def test_hybrid_batches_hold_the_same_image_share_in_every_batch_and_depend_on_seed_and_epoch():
+    same_image = np.array([True] * 30 + [False] * 10)
+    batches = hybrid_batches(same_image, batch_size=32, batches=5, seed=0, epoch=3)  # 75 % same
+    assert len(batches) == 5
+    for batch in batches:
+        assert len(batch) == 32 and same_image[batch].sum() == 24
+    assert batches == hybrid_batches(same_image, 32, 5, seed=0, epoch=3)
+    assert batches != hybrid_batches(same_image, 32, 5, seed=0, epoch=4)
+    half = np.array([True, False] * 4)
+    assert all(half[b].sum() == 2 for b in hybrid_batches(half, 4, 3, seed=0, epoch=0))
+    only_same = np.ones(8, dtype=bool)
+    assert all(only_same[b].all() for b in hybrid_batches(only_same, 4, 2, seed=0, epoch=0))
+
+
+def test_learning_rate_is_constant_then_falls_linearly_to_zero_after_the_last_epoch():
+    _, config = tiny_configs(**{"train.epochs": 700, "train.lr_decay_start_epoch": 500})
+    factors = [config.lr_factor(epoch) for epoch in range(700)]
+    assert factors[:500] == [1.0] * 500
+    assert np.allclose(np.diff(factors[499:]), -1 / 201) and factors[-1] == pytest.approx(1 / 201)
+
+
+def test_configs_report_bad_params_by_name():
+    params = load()
+    with pytest.raises(ParamsError, match="unknown method 'anonygan-99'"):
+        train_stage.configs(params, "anonygan-99")
+    with pytest.raises(ParamsError, match="model.output_blend"):
+        train_stage.configs(train_stage.overridden(params, {"model.output_blend": "paper"}), "anonygan-68")
+    with pytest.raises(ParamsError, match="unexpected keyword argument 'lr'"):
+        train_stage.configs(train_stage.overridden(params, {"train.lr": 1.0}), "anonygan-68")
+    with pytest.raises(ParamsError, match="variants.anonygan-68 must set exactly"):
+        train_stage.configs(train_stage.overridden(params, {"variants.anonygan-68.extra": 1}), "anonygan-68")
+
+
+@pytest.mark.realdata
+def test_pair_data_names_faces_that_were_not_prepared(small_prepared):
+    manifest = pair_manifest(small_prepared)
+    manifest.loc[0, "condition"] = "999999.jpg"
+    with pytest.raises(ValueError, match=r"1 pair keys are not prepared.*999999\.jpg"):
+        PairData(PreparedDataset(small_prepared), manifest)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_tiny_configuration_overfits_eight_real_faces(small_pairs, tmp_path):
+    """Reconstruction L1 of 8 same-image pairs halves within 200 steps (G + D_app + D_lm each)."""
+    model, config = tiny_configs(**{"train.batch_size": 8, "train.samples_per_epoch": 8})
+    trainer = Trainer(model, config, small_pairs, tmp_path / "checkpoint.pt")
+    same_rows = np.flatnonzero(small_pairs.same_image)
+    assert len(same_rows) == 8
+    x = trainer.inputs(default_collate([small_pairs[int(i)] for i in same_rows]))
+    start, history = time.perf_counter(), []
+    for _ in range(200):
+        # Each step's loss is measured before its update: history[0] is the untrained L1.
+        history.append(trainer.step(x)["g_reconstruction"].item())
+        if history[-1] <= 0.5 * history[0]:
+            break
+    print(f"\nL1 {history[0]:.3f} -> {history[-1]:.3f} in {len(history)} steps, "
+          f"{time.perf_counter() - start:.1f} s")
+    assert history[-1] <= 0.5 * history[0], f"L1 only fell from {history[0]:.3f} to {min(history):.3f}"
+
+
+def final_state(path: Path) -> dict:
+    state = load_checkpoint(path)
+    return {key: state[key] for key in ("epoch", "networks", "optimizers", "schedulers")}
+
+
+def assert_same(a, b, where="checkpoint"):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), f"{where} differs"
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+@pytest.fixture(scope="module")
+def trained(small_pairs, tmp_path_factory):
+    """(model config, train config, checkpoint) of an uninterrupted 3-epoch tiny run, a checkpoint per epoch."""
+    overrides = {"train.epochs": 3, "train.samples_per_epoch": 8, "train.checkpoint_every": 1,
+                 "train.lr_decay_start_epoch": 1}
+    model, config = tiny_configs(**overrides)
+    checkpoint = tmp_path_factory.mktemp("uninterrupted") / "checkpoint.pt"
+    Trainer(model, config, small_pairs, checkpoint).fit()
+    return model, config, checkpoint
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(trained, small_pairs, tmp_path,
+                                                                  monkeypatch):
+    model, config, uninterrupted = trained
+    monkeypatch.chdir(tmp_path)  # DVCLive looks for a DVC repository from the working directory
+    checkpoint, live = tmp_path / "model" / "checkpoint.pt", tmp_path / "dvclive"
+    train_epoch = Trainer.train_epoch
+
+    def interrupted(self, progress):
+        if self.epoch == 2:
+            raise KeyboardInterrupt
+        return train_epoch(self, progress)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(model, config, small_pairs, checkpoint, live_dir=live).fit()
+    assert load_checkpoint(checkpoint)["epoch"] == 2
+    monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
+    resumed = Trainer(model, config, small_pairs, checkpoint, live_dir=live)
+    resumed.fit()
+
+    assert resumed.epoch == 3
+    assert_same(final_state(checkpoint), final_state(uninterrupted))
+    logged = pd.read_csv(live / "plots" / "metrics" / "train" / "g_total.tsv", sep="\t")
+    assert list(logged["step"]) == [1, 2, 3]
+    assert sorted(p.name for p in (live / "plots" / "images" / "samples").iterdir()) == ["epoch-0003.png"]
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_a_checkpoint_of_other_settings_is_not_resumed(trained, small_pairs, tmp_path):
+    model, config, uninterrupted = trained
+    checkpoint = tmp_path / "checkpoint.pt"
+    checkpoint.write_bytes(uninterrupted.read_bytes())
+    _, other = tiny_configs(**{"train.epochs": 3, "train.samples_per_epoch": 8, "train.seed": 1})
+    trainer = Trainer(model, other, small_pairs, checkpoint)
+    assert not trainer.resume() and trainer.epoch == 0
+    assert Trainer(model, config, small_pairs, checkpoint).resume()
+    # Settings that do not change the computation do not block a resume.
+    _, more_workers = tiny_configs(**{"train.epochs": 3, "train.samples_per_epoch": 8, "train.workers": 2,
+                                      "train.checkpoint_every": 2, "train.lr_decay_start_epoch": 1})
+    assert Trainer(model, more_workers, small_pairs, checkpoint).resume()
+
+
+@pytest.mark.realdata
+def test_checkpoint_round_trip_through_the_inference_api(trained, small_pairs):
+    model, config, checkpoint = trained
+    trainer = Trainer(model, config, small_pairs, checkpoint)
+    assert trainer.resume() and trainer.epoch == 3
+    different = np.flatnonzero(~small_pairs.same_image)[:3]
+    batch = default_collate([small_pairs[int(i)] for i in different])
+    arrays = {key: value.numpy() for key, value in batch.items()}
+    trainer.generator.eval()
+    with torch.no_grad():
+        x = trainer.inputs(batch)
+        expected = trainer.generator(x.condition, x.context, x.condition_maps, x.source_maps)
+    expected = ((expected.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+    args = (arrays["source"], arrays["source_landmarks"], arrays["mask"], arrays["condition"],
+            arrays["condition_landmarks"])
+    raw = AnonyGANInference.from_checkpoint(checkpoint, device="cpu", batch_size=2).anonymise(*args)
+    assert raw.dtype == np.uint8 and raw.shape == (3, *SMALL, 3)
+    assert np.array_equal(raw, expected)
+
+    composited = AnonyGANInference.from_checkpoint(checkpoint, device="cpu",
+                                                   test_output="composited").anonymise(*args)
+    outside = ~arrays["mask"]
+    assert np.array_equal(composited[outside], arrays["source"][outside])
+    assert np.array_equal(composited[arrays["mask"]], raw[arrays["mask"]])
+
+    with pytest.raises(ValueError, match="source_mask must be"):
+        AnonyGANInference.from_checkpoint(checkpoint, device="cpu").anonymise(
+            *args[:2], arrays["mask"].astype(np.uint8), *args[3:])
+    broken = AnonyGANInference.from_checkpoint(checkpoint, device="cpu")
+    with torch.no_grad():
+        broken.generator.image_decoder[-2].bias.fill_(float("nan"))
+    with pytest.raises(ValueError, match="non-finite pixels for faces 0..2"):
+        broken.anonymise(*args)
+    not_a_checkpoint = checkpoint.with_name("notes.pt")
+    not_a_checkpoint.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable AnonyGAN checkpoint"):
+        AnonyGANInference.from_checkpoint(not_a_checkpoint)
+
+
+@pytest.mark.realdata
+def test_a_non_finite_loss_stops_training_with_a_clear_error(small_pairs, tmp_path):
+    model, config = tiny_configs()
+    trainer = Trainer(model, config, small_pairs, tmp_path / "checkpoint.pt")
+    with torch.no_grad():
+        trainer.generator.image_decoder[-2].weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match=r"g_adversarial = nan at epoch 1, step 1"):
+        trainer.fit()
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("method", VARIANTS)
+def test_stage_trains_each_variant_from_a_pair_manifest(method, small_prepared, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    manifest = tmp_path / "celeba_train.csv"
+    pair_manifest(small_prepared).to_csv(manifest, index=False)
+    params = train_stage.overridden(load(PARAMS), train_stage.TINY_OVERRIDES)
+    checkpoint = train_stage.run(method, params, pairs=manifest, prepared=small_prepared,
+                                 models=tmp_path / "models", dvclive=tmp_path / "dvclive")
+    assert checkpoint == tmp_path / "models" / method / "checkpoint.pt"
+    state = load_checkpoint(checkpoint)
+    assert state["epoch"] == 1 and state["model_config"]["landmarks"] == int(method[-2:])
+    assert (tmp_path / "dvclive" / method / "metrics.json").is_file()

@@ -1,0 +1,182 @@
+"""The anonymiser interface: FaceBatch, registry, batch loading, the folder and AnonyGAN adapters."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+import baselines
+from baselines import Anonymiser, FaceBatch, RunContext, check_output, create, identity_order, load_batch, register
+from baselines.anonygan import ANONYGAN_METHODS
+from baselines.folder import FolderAnonymiser
+from facedata.prepared import PreparedDataset
+from pipelines.params import ParamsError
+
+
+def make_batch(images: np.ndarray, masks: np.ndarray, identities: list[str] | None = None) -> FaceBatch:
+    n = len(images)
+    landmarks = np.zeros((n, 68, 2), np.float32)
+    return FaceBatch(pair_ids=list(range(n)), source=images, source_mask=masks, source_landmarks=landmarks,
+                     condition=images[::-1].copy(), condition_landmarks=landmarks,
+                     source_identity=identities or [str(i) for i in range(n)])
+
+
+def small_batch(n: int = 2) -> FaceBatch:
+    images = np.random.default_rng(0).integers(0, 256, (n, 22, 18, 3), dtype=np.uint8)
+    masks = np.zeros((n, 22, 18), bool)
+    masks[:, 5:15, 4:14] = True
+    return make_batch(images, masks)
+
+
+def test_every_paper_method_is_registered():
+    assert set(baselines.available()) == {"original", "blur", "pixelate", "ciagan", "folder", *ANONYGAN_METHODS}
+    with pytest.raises(KeyError, match="unknown anonymiser 'deepprivacy'.*blur"):
+        create("deepprivacy")
+
+
+def test_a_new_method_is_one_small_class():
+    @register("test-invert")
+    class Invert(Anonymiser):
+        def anonymise(self, batch: FaceBatch) -> np.ndarray:
+            return np.where(batch.source_mask[..., None], 255 - batch.source, batch.source)
+
+    batch = small_batch()
+    out = check_output(batch, create("test-invert").anonymise(batch), "test-invert")
+    assert np.array_equal(out[batch.source_mask], 255 - batch.source[batch.source_mask])
+    with pytest.raises(ValueError, match="already registered"):
+        register("test-invert")(type("Other", (Invert,), {}))
+
+
+def test_face_batch_rejects_inconsistent_arrays():
+    batch = small_batch()
+    with pytest.raises(ValueError, match="source_mask must be"):
+        FaceBatch(batch.pair_ids, batch.source, batch.source_mask[:, :-1], batch.source_landmarks,
+                  batch.condition, batch.condition_landmarks, batch.source_identity)
+    with pytest.raises(ValueError, match="source must be uint8"):
+        FaceBatch(batch.pair_ids, batch.source.astype(np.float32), batch.source_mask, batch.source_landmarks,
+                  batch.condition, batch.condition_landmarks, batch.source_identity)
+    with pytest.raises(ValueError, match="source_identity has 1 entries for 2 faces"):
+        FaceBatch(batch.pair_ids, batch.source, batch.source_mask, batch.source_landmarks,
+                  batch.condition, batch.condition_landmarks, ["a"])
+
+
+def test_check_output_names_the_method():
+    batch = small_batch()
+    with pytest.raises(ValueError, match="'broken' returned .*float64"):
+        check_output(batch, batch.source.astype(float), "broken")
+
+
+def test_identity_order_is_first_appearance():
+    manifest = pd.DataFrame({"source_identity": [31, 31, 7, 12, 7]})
+    assert identity_order(manifest) == ("31", "7", "12")
+
+
+@pytest.mark.realdata
+def test_load_batch_from_manifest_rows(prepared_celeba):
+    prepared = PreparedDataset(prepared_celeba)
+    keys = list(prepared.ok["key"])
+    rows = pd.DataFrame({"pair_id": [5, 9], "source": keys[:2], "condition": keys[40:42]})
+    batch = load_batch(rows, prepared, prepared)
+    assert batch.pair_ids == [5, 9] and batch.source.shape == (2, 220, 180, 3)
+    assert np.array_equal(batch.source[1], prepared.crop(keys[1]))
+    assert np.array_equal(batch.condition[0], prepared.crop(keys[40]))
+    assert np.array_equal(batch.source_mask[0], prepared.mask(keys[0]))
+    assert np.array_equal(batch.condition_landmarks[1], prepared.landmarks(keys[41]))
+    assert batch.source_identity == [prepared.identity(keys[0]), prepared.identity(keys[1])]
+    with pytest.raises(KeyError, match="nope.jpg"):
+        load_batch(pd.DataFrame({"pair_id": [0], "source": ["nope.jpg"], "condition": keys[:1]}), prepared, prepared)
+
+
+def write_folder(directory, batch: FaceBatch, images: np.ndarray) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for pair_id, image in zip(batch.pair_ids, images, strict=True):
+        Image.fromarray(image).save(directory / f"{pair_id}.png")
+
+
+def test_folder_reads_third_party_images(tmp_path):
+    batch = small_batch(3)
+    written = 255 - batch.source
+    write_folder(tmp_path / "celeba", batch, written)
+    params = {"baselines": {"folder": {"root": str(tmp_path)}}}
+    anonymiser = create("folder", RunContext(method="folder", dataset="celeba", params=params))
+    assert np.array_equal(anonymiser.anonymise(batch), written)
+
+
+def test_folder_fails_clearly(tmp_path):
+    batch = small_batch(3)
+    write_folder(tmp_path, batch, batch.source)
+    (tmp_path / "1.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"1 of 3 images missing: 1\.png"):
+        FolderAnonymiser(tmp_path).anonymise(batch)
+    Image.fromarray(batch.source[1][:, :-2]).save(tmp_path / "1.png")
+    with pytest.raises(ValueError, match=r"1\.png is 16x22 \(WxH\); the crops are 18x22"):
+        FolderAnonymiser(tmp_path).anonymise(batch)
+    (tmp_path / "1.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"1\.png: not a readable image"):
+        FolderAnonymiser(tmp_path).anonymise(batch)
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        FolderAnonymiser(tmp_path / "absent")
+    with pytest.raises(ParamsError, match="baselines.folder.root"):
+        create("folder", RunContext(method="folder", dataset="lfw", params={"baselines": {"folder": {"root": None}}}))
+
+
+class RecordingInference:
+    """Stands in for anonygan.inference.AnonyGANInference: records what the adapter passes."""
+
+    calls: list = []
+
+    @classmethod
+    def from_checkpoint(cls, path, device=None):
+        cls.calls.append(("load", path, device))
+        return cls()
+
+    def anonymise(self, source, source_landmarks, source_mask, condition, condition_landmarks):
+        self.calls.append(("anonymise", source, source_landmarks, source_mask, condition, condition_landmarks))
+        return condition.copy()
+
+
+def test_anonygan_variants_load_their_checkpoints(tmp_path, monkeypatch):
+    module = types.ModuleType("anonygan.inference")
+    module.AnonyGANInference = RecordingInference
+    monkeypatch.setitem(sys.modules, "anonygan.inference", module)
+    RecordingInference.calls = []
+    batch = small_batch()
+    for method in ANONYGAN_METHODS:
+        with pytest.raises(FileNotFoundError, match=f"train@{method}"):
+            create(method, RunContext(method=method, dataset="celeba", models=tmp_path))
+        checkpoint = tmp_path / method / "checkpoint.pt"
+        checkpoint.parent.mkdir()
+        checkpoint.write_bytes(b"weights")
+        anonymiser = create(method, RunContext(method=method, dataset="celeba", models=tmp_path, device="cpu"))
+        assert np.array_equal(anonymiser.anonymise(batch), batch.condition)
+        assert RecordingInference.calls[-2] == ("load", checkpoint, "cpu")
+        _, *arrays = RecordingInference.calls[-1]
+        expected = (batch.source, batch.source_landmarks, batch.source_mask, batch.condition, batch.condition_landmarks)
+        assert all(a is b for a, b in zip(arrays, expected, strict=True))
+
+
+@pytest.mark.realdata
+def test_anonygan_adapter_runs_a_real_checkpoint(prepared_celeba, tmp_path):
+    """Through the AnonyGAN helper's inference API with a tiny untrained model: shapes and compositing."""
+    from anonygan.model import ModelConfig
+    from anonygan.training import TrainConfig, Trainer
+
+    model = ModelConfig(landmarks=29, landmark_attention=False, base_channels=4, graph_blocks=1,
+                        discriminator_channels=4, test_output="composited")
+    checkpoint = tmp_path / "anonygan-plain-29" / "checkpoint.pt"
+    Trainer(model, TrainConfig(), data=None, checkpoint=checkpoint, device=torch.device("cpu")).save()
+    prepared = PreparedDataset(prepared_celeba)
+    keys = list(prepared.ok["key"])
+    batch = load_batch(pd.DataFrame({"pair_id": [0, 1], "source": keys[:2], "condition": keys[60:62]}),
+                       prepared, prepared)
+    anonymiser = create("anonygan-plain-29", RunContext(method="anonygan-plain-29", dataset="celeba",
+                                                        models=tmp_path, device="cpu"))
+    out = check_output(batch, anonymiser.anonymise(batch), "anonygan-plain-29")
+    assert np.array_equal(out[~batch.source_mask], batch.source[~batch.source_mask])
+    assert not np.array_equal(out[batch.source_mask], batch.source[batch.source_mask])

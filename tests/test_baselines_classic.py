@@ -1,0 +1,127 @@
+"""Blurring and pixelation: exact definitions, untouched background, settings from params."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter1d
+
+from baselines import RunContext, create
+from baselines.classic import Blur, Pixelate, blur_inside, opencv_sigma, pixelate_inside
+from facedata.framing import face_mask
+from facedata.prepared import PreparedDataset
+from pipelines.params import ParamsError, load
+from tests.conftest import REPO
+from tests.test_baselines import make_batch
+
+
+def random_faces(n: int = 3, size: tuple[int, int] = (220, 180), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Noise images with ellipse masks of different sizes and positions (one touching the border)."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    images = rng.integers(0, 256, (n, height, width, 3), dtype=np.uint8)
+    rows, cols = np.mgrid[:height, :width]
+    centres = [(110, 90, 60, 45), (70, 40, 50, 40), (200, 170, 30, 25)]
+    masks = np.stack([((rows - cy) / ry) ** 2 + ((cols - cx) / rx) ** 2 <= 1 for cy, cx, ry, rx in centres[:n]])
+    return images, masks
+
+
+def reference_blur(image: np.ndarray, kernel_size: int, sigma: float) -> np.ndarray:
+    """scipy's Gaussian filter with the same taps; 'mirror' is OpenCV's BORDER_REFLECT_101."""
+    radius = kernel_size // 2
+    blurred = image.astype(np.float64)
+    for axis in (0, 1):
+        blurred = gaussian_filter1d(blurred, sigma, axis=axis, mode="mirror", truncate=radius / sigma)
+    return np.clip(np.rint(blurred), 0, 255).astype(np.uint8)
+
+
+def test_opencv_sigma_rule():
+    assert opencv_sigma(101) == pytest.approx(15.5)
+    assert opencv_sigma(3) == pytest.approx(0.8)
+
+
+def test_blur_changes_only_the_mask_and_matches_a_reference():
+    images, masks = random_faces()
+    out = blur_inside(images, masks, 101, opencv_sigma(101))
+    assert out.dtype == np.uint8 and out.shape == images.shape
+    assert np.array_equal(out[~masks], images[~masks])
+    for image, mask, result in zip(images, masks, out, strict=True):
+        reference = reference_blur(image, 101, opencv_sigma(101))
+        # float32 convolution vs float64: a value at .5 may round either way.
+        assert np.abs(result[mask].astype(int) - reference[mask]).max() <= 1
+        assert result[mask].std() < image[mask].std() / 5  # noise is smoothed away
+
+
+def test_pixelation_cells_are_constant_and_background_untouched():
+    images, masks = random_faces()
+    cells = 10
+    out = pixelate_inside(images, masks, cells)
+    assert np.array_equal(out[~masks], images[~masks])
+    for image, mask, result in zip(images, masks, out, strict=True):
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        row_edges = top + np.ceil(np.arange(cells + 1) * (bottom - top) / cells).astype(int)
+        col_edges = left + np.ceil(np.arange(cells + 1) * (right - left) / cells).astype(int)
+        used = 0
+        for r0, r1 in zip(row_edges, row_edges[1:], strict=False):
+            for c0, c1 in zip(col_edges, col_edges[1:], strict=False):
+                inside = mask[r0:r1, c0:c1]
+                if not inside.any():
+                    continue
+                used += 1
+                expected = np.rint(image[r0:r1, c0:c1].reshape(-1, 3).mean(0)).astype(np.uint8)
+                assert (result[r0:r1, c0:c1][inside] == expected).all()
+        assert used > cells  # more than one row of cells holds face pixels
+        assert len(np.unique(result[mask], axis=0)) <= cells * cells
+
+
+def test_empty_mask_leaves_the_image_alone():
+    images, masks = random_faces(1)
+    empty = np.zeros_like(masks)
+    assert np.array_equal(pixelate_inside(images, empty, 10), images)
+    assert np.array_equal(blur_inside(images, empty, 101, 15.5), images)
+
+
+def test_kernel_larger_than_the_image_is_refused():
+    images, masks = random_faces(1, size=(40, 40))
+    with pytest.raises(ValueError, match="blur kernel 101 needs image sides larger than 50, got 40"):
+        blur_inside(images, masks, 101, 15.5)
+
+
+def test_settings_come_from_params():
+    params = load(REPO / "params.yaml")
+    params["baselines"]["blur"]["kernel_size"] = 31
+    params["baselines"]["pixelate"]["cells"] = 4
+    blur = create("blur", RunContext(method="blur", dataset="celeba", params=params))
+    pixelate = create("pixelate", RunContext(method="pixelate", dataset="celeba", params=params))
+    assert isinstance(blur, Blur) and blur.kernel_size == 31 and blur.sigma == pytest.approx(opencv_sigma(31))
+    assert isinstance(pixelate, Pixelate) and pixelate.cells == 4
+
+    images, masks = random_faces(1)
+    batch = make_batch(images, masks)
+    assert len(np.unique(pixelate.anonymise(batch)[0][masks[0]], axis=0)) <= 16
+    assert np.array_equal(blur.anonymise(batch), blur_inside(images, masks, 31, opencv_sigma(31)))
+
+
+def test_paper_defaults_and_bad_params():
+    params = load(REPO / "params.yaml")
+    assert params["baselines"]["blur"]["kernel_size"] == 101 and params["baselines"]["pixelate"]["cells"] == 10
+    params["baselines"]["blur"]["kernel_size"] = 100
+    with pytest.raises(ParamsError, match="baselines.blur.kernel_size must be odd"):
+        create("blur", RunContext(method="blur", dataset="celeba", params=params))
+    params["baselines"]["pixelate"]["cells"] = 0
+    with pytest.raises(ParamsError, match="baselines.pixelate.cells"):
+        create("pixelate", RunContext(method="pixelate", dataset="celeba", params=params))
+
+
+@pytest.mark.realdata
+def test_real_faces(prepared_celeba):
+    prepared = PreparedDataset(prepared_celeba)
+    keys = list(prepared.ok["key"][:4])
+    images = np.stack([prepared.crop(key) for key in keys])
+    masks = np.stack([prepared.mask(key) for key in keys])
+    # The stored mask is the SPEC polygon of the stored landmarks.
+    assert np.array_equal(masks[0], face_mask(prepared.landmarks(keys[0]), masks.shape[1:]))
+    for out in (blur_inside(images, masks, 101, 15.5), pixelate_inside(images, masks, 10)):
+        assert np.array_equal(out[~masks], images[~masks])
+        assert np.abs(out[masks].astype(int) - images[masks]).mean() > 5  # the face really changed

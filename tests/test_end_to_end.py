@@ -1,0 +1,126 @@
+"""The small profile end to end: `dvc repro` on a fresh copy with the real minis, tiny training on CPU.
+
+Then a third-party method's folder of images is added as one more `methods` entry and
+appears as an extra row, without re-running anything else.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from pipelines.profile import apply
+from tests.conftest import dvc, repository_copy
+
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
+METHODS = ["original", "blur", "pixelate", "ciagan", "anonygan-plain-68", "anonygan-plain-29", "anonygan-la-68",
+           "anonygan-68"]
+
+
+def set_params(workdir, change) -> None:
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    change(params)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory, celeba_aligned_root, lfw_root, prepared_lfw):
+    workdir = repository_copy(tmp_path_factory.mktemp("e2e") / "repo")
+    apply("small", params_file=workdir / "params.yaml", profiles=workdir / "profiles")
+
+    def roots(params):  # wherever ../shared/data is on this machine
+        params["data"]["celeba"]["root"] = str(celeba_aligned_root)
+        params["data"]["lfw"]["root"] = str(lfw_root)
+
+    set_params(workdir, roots)
+    # LFW's prepared photos (same prepare settings) come from the test cache: the stage reuses them.
+    (workdir / "data/prepared").mkdir(parents=True)
+    shutil.copytree(prepared_lfw, workdir / "data/prepared/lfw", copy_function=os.link)
+    started = time.perf_counter()
+    log = dvc(workdir, "repro")
+    print(f"small profile: dvc repro took {time.perf_counter() - started:.0f} s")
+    return workdir, log
+
+
+def tables(workdir) -> dict[str, pd.DataFrame]:
+    return {dataset: pd.read_csv(workdir / f"reports/table{number}.csv").set_index("method")
+            for dataset, number in (("celeba", 1), ("lfw", 2))}
+
+
+def test_every_stage_ran_and_a_second_repro_does_nothing(small_run):
+    workdir, log = small_run
+    for method in METHODS:
+        assert f"Running stage 'anonymise@{method}'" in log and f"Running stage 'evaluate@{method}'" in log
+    assert "Running stage 'report'" in log
+    assert "Data and pipelines are up to date" in dvc(workdir, "repro")
+
+
+def test_tables_have_a_row_per_method_with_values_in_range(small_run):
+    workdir, _ = small_run
+    for dataset, frame in tables(workdir).items():
+        assert sorted(frame.index) == sorted(METHODS), dataset
+        for metric in ("detection_dlib", "detection_mtcnn"):
+            assert frame[metric].between(0, 1).all(), (dataset, metric)
+        assert (frame["pose_error"].dropna() >= 0).all()
+        assert frame["n"].gt(0).all()
+        expected_pairs = 30 if dataset == "celeba" else 200
+        assert (frame["n"] == expected_pairs).all(), (dataset, frame["n"])
+        # The paper's numbers sit beside ours for the paper's rows, and nowhere else.
+        assert frame.loc["anonygan-68", "fid_paper"] > 0 and np.isnan(frame.loc["original", "fid_paper"])
+
+
+def test_originals_are_detected_more_often_than_blurred_faces(small_run):
+    workdir, _ = small_run
+    for dataset, frame in tables(workdir).items():
+        assert frame.loc["original", "detection_dlib"] > frame.loc["blur", "detection_dlib"], dataset
+        assert frame.loc["original", "detection_mtcnn"] > frame.loc["blur", "detection_mtcnn"], dataset
+        assert frame.loc["original", "detection_dlib"] >= 0.95, dataset
+
+
+def test_uncomputable_metrics_are_absent_not_invented(small_run):
+    workdir, _ = small_run
+    for dataset, frame in tables(workdir).items():
+        assert frame["fid"].isna().all() and frame["reid_facenet_casia"].isna().all(), dataset
+    markdown = (workdir / "reports/table1.md").read_text()
+    assert "| Blurring | - (95.13) |" in markdown
+
+
+def test_figures_are_written(small_run):
+    workdir, _ = small_run
+    for name in ("privacy_utility", "detection", "pose_error", "training_curves", "qualitative_celeba",
+                 "qualitative_lfw"):
+        with Image.open(workdir / f"reports/figures/{name}.png") as figure:
+            assert figure.format == "PNG" and min(figure.size) > 100, name
+
+
+def test_a_third_party_folder_becomes_an_extra_row(small_run):
+    """Bring your own method: images named <pair_id>.png, one methods entry, one dvc repro."""
+    workdir, _ = small_run
+    for dataset in ("celeba", "lfw"):
+        target = workdir / "third_party/mirror" / dataset
+        target.mkdir(parents=True)
+        manifest = pd.read_csv(workdir / f"outputs/{dataset}/original/manifest.csv")
+        for pair_id in manifest.loc[manifest["status"] == "ok", "pair_id"]:
+            original = Image.open(workdir / f"outputs/{dataset}/original/{pair_id}.png")
+            original.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(target / f"{pair_id}.png")
+
+    def add_method(params):
+        params["methods"]["mirror"] = {"anonymiser": "folder", "root": "third_party/mirror",
+                                       "depends": "third_party/mirror", "params": "anonymise"}
+
+    set_params(workdir, add_method)
+    log = dvc(workdir, "repro")
+    assert "Running stage 'anonymise@mirror'" in log and "Running stage 'evaluate@mirror'" in log
+    assert "Running stage 'anonymise@blur'" not in log and "Running stage 'train@" not in log
+    for dataset, frame in tables(workdir).items():
+        assert frame.index[-1] == "mirror", dataset
+        assert frame.loc["mirror", "n"] == frame.loc["original", "n"]
+        # A mirrored face is still a face, unlike a blurred one.
+        assert frame.loc["mirror", "detection_dlib"] > frame.loc["blur", "detection_dlib"], dataset

@@ -1,0 +1,106 @@
+"""Tables beside the paper's numbers, and applying a parameter profile."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import yaml
+
+from pipelines.params import ParamsError
+from pipelines.profile import apply, overlay
+from pipelines.tables import table, to_latex, to_markdown
+from tests.conftest import REPO
+
+PAPER = yaml.safe_load((REPO / "reports/paper_numbers.yaml").read_text())
+
+
+def result(value, n=100, skipped=0, **extra):
+    return {"value": value, "n": n, "n_skipped": skipped, **extra}
+
+
+def test_paper_numbers_file_holds_both_tables_with_every_row():
+    for dataset in ("celeba", "lfw"):
+        assert set(PAPER[dataset]) == {
+            "blur",
+            "pixelate",
+            "ciagan",
+            "anonygan-plain-68",
+            "anonygan-plain-29",
+            "anonygan-la-68",
+            "anonygan-68",
+        }
+    assert PAPER["celeba"]["anonygan-68"]["fid"] == 22.53 and PAPER["lfw"]["ciagan"]["reid_facenet_casia"] == [
+        0.0128,
+        0.0032,
+    ]
+
+
+def test_rows_follow_the_paper_order_then_others_with_differences():
+    results = {
+        "original": {"detection_dlib": result(1.0)},
+        "anonygan-68": {
+            "fid": result(30.0, skipped=3),
+            "detection_dlib": result(0.9, skipped=3),
+            "pose_error": result(0.2, skipped=3, n_failed=7),
+        },
+        "blur": {"fid": result(90.0), "detection_dlib": result(0.1)},
+    }
+    frame = table(results, PAPER["celeba"], with_std=False)
+    assert list(frame["method"]) == ["blur", "anonygan-68", "original"]
+    full = frame.set_index("method").loc["anonygan-68"]
+    assert full["fid_paper"] == 22.53 and full["fid_diff"] == pytest.approx(30.0 - 22.53)
+    assert full["detection_dlib_diff"] == pytest.approx(0.9 - 1.0)
+    assert full["n"] == 103 and full["n_skipped"] == 3 and full["pose_failures"] == 7
+    assert math.isnan(frame.set_index("method").loc["original", "fid_paper"])
+
+
+def test_uncomputed_metrics_show_as_dashes_not_numbers():
+    results = {
+        "blur": {
+            "fid": {"metric": "fid", "error": "pt_inception-2015-12-05-6726825d.pth is not at ..."},
+            "detection_dlib": result(0.05),
+        }
+    }
+    markdown = to_markdown(table(results, PAPER["lfw"], with_std=True), "Table 2")
+    row = next(line for line in markdown.splitlines() if line.startswith("| Blurring"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "- (85.03)"  # FID not computed: ours '-', the paper's kept
+    assert cells[2] == "5.00% (7.00%; -2.00 pp)"
+
+
+def test_lfw_cells_carry_mean_and_std():
+    results = {"ciagan": {"reid_facenet_casia": result(0.02, std=0.005)}}
+    markdown = to_markdown(table(results, PAPER["lfw"], with_std=True), "Table 2")
+    assert "2.00% ± 0.50 (1.28% ± 0.32; +0.72 pp)" in markdown
+    latex = to_latex(table(results, PAPER["lfw"], with_std=True), "Table 2")
+    assert r"2.00\% $\pm$ 0.50" in latex and latex.count(r"\\") >= 2
+
+
+def test_profile_overlay_changes_only_existing_values():
+    base = {"a": {"b": 1, "c": [1, 2]}, "d": "x"}
+    overlay(base, {"a": {"c": [3]}, "d": "y"})
+    assert base == {"a": {"b": 1, "c": [3]}, "d": "y"}
+    with pytest.raises(ParamsError, match="profile sets a.typo, which params.yaml does not have"):
+        overlay(base, {"a": {"typo": 1}})
+
+
+def test_small_profile_applies_to_params_and_keeps_comments(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text())
+    apply("small", params_file=params, profiles=REPO / "profiles")
+    text = params.read_text()
+    assert "# Every knob of the pipeline" in text  # comments survive
+    applied = yaml.safe_load(text)
+    assert applied["data"]["lfw"]["root"] == "../shared/data/lfw"
+    assert applied["train"]["epochs"] == 1 and applied["train"]["lr_generator"] == 2.0e-4  # untouched
+    assert applied["evaluate"]["metrics"] == ["pose_error", "detection_dlib", "detection_mtcnn", "verification_dlib"]
+    with pytest.raises(ParamsError, match="no profile"):
+        apply("huge", params_file=params, profiles=REPO / "profiles")
+
+
+def test_skipped_counts_pairs_no_metric_could_use_not_protocol_skips():
+    results = {"blur": {"detection_dlib": result(0.1, n=198, skipped=2),
+                        "verification_dlib": result(0.0, n=99, skipped=101)}}  # different-person pairs
+    row = table(results, PAPER["lfw"], with_std=True).iloc[0]
+    assert row["n"] == 200 and row["n_skipped"] == 2
