@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -38,8 +39,21 @@ def write_bytes(target: str | os.PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def _finite(obj: Any) -> Any:
+    """NaN and infinities become null: JSON has no such numbers (json.dumps would write bare NaN)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {key: _finite(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(value) for value in obj]
+    return obj
+
+
 def write_json(target: str | os.PathLike, obj: Any) -> None:
-    write_bytes(target, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+    """Standard JSON (NaN as null), indented, keys sorted."""
+    text = json.dumps(_finite(obj), indent=2, sort_keys=True, default=str, allow_nan=False)
+    write_bytes(target, (text + "\n").encode())
 
 
 def write_table(target: str | os.PathLike, frame: pd.DataFrame) -> None:

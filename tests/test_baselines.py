@@ -132,8 +132,8 @@ class RecordingInference:
     calls: list = []
 
     @classmethod
-    def from_checkpoint(cls, path, device=None):
-        cls.calls.append(("load", path, device))
+    def from_checkpoint(cls, path, device=None, test_output=None):
+        cls.calls.append(("load", path, device, test_output))
         return cls()
 
     def anonymise(self, source, source_landmarks, source_mask, condition, condition_landmarks):
@@ -155,10 +155,13 @@ def test_anonygan_variants_load_their_checkpoints(tmp_path, monkeypatch):
         checkpoint.write_bytes(b"weights")
         anonymiser = create(method, RunContext(method=method, dataset="celeba", models=tmp_path, device="cpu"))
         assert np.array_equal(anonymiser.anonymise(batch), batch.condition)
-        assert RecordingInference.calls[-2] == ("load", checkpoint, "cpu")
+        assert RecordingInference.calls[-2] == ("load", checkpoint, "cpu", None)  # the checkpoint's own mode
         _, *arrays = RecordingInference.calls[-1]
         expected = (batch.source, batch.source_landmarks, batch.source_mask, batch.condition, batch.condition_landmarks)
         assert all(a is b for a, b in zip(arrays, expected, strict=True))
+        params = {"anonymise": {"anonygan_output": "composited"}}
+        create(method, RunContext(method=method, dataset="celeba", params=params, models=tmp_path))
+        assert RecordingInference.calls[-1] == ("load", checkpoint, None, "composited")
 
 
 @pytest.mark.realdata

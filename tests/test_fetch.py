@@ -249,3 +249,14 @@ def test_unreachable_source_is_one_line_with_the_local_copy_hint(file_server, tm
         download.main(["lfw"])
     assert str(stop.value).startswith("download@lfw: pairs.txt: HTTP 404")
     assert str(stop.value).endswith("set data.lfw.root instead")
+
+
+def test_json_outputs_are_standard_json(tmp_path):
+    import json
+
+    from facedata.atomic import write_json
+
+    write_json(tmp_path / "r.json", {"pose_error": {"value": float("nan"), "per_fold": [1.0, float("inf")]}})
+    assert json.loads((tmp_path / "r.json").read_text(), parse_constant=lambda name: pytest.fail(name)) == {
+        "pose_error": {"value": None, "per_fold": [1.0, None]}
+    }
