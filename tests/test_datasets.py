@@ -43,7 +43,10 @@ def test_trailing_blank_lines_are_allowed(tmp_path):
         ("2\t1\nAnn\t1\t2\nAnn\t1\tBob\nCid\t2\t4\nDee\t1\tEve\t12\n", r":3: fold 1 expects a different-person"),
         ("2\t1\nAnn\t1\t2\nAnn\t1\tBob\t3\nCid\tone\t4\nDee\t1\tEve\t12\n", r":4: malformed same-person"),
         ("2\t1\nAnn\t1\t2\nAnn\t1\tBob\t0\nCid\t2\t4\nDee\t1\tEve\t12\n", r":3: malformed different-person"),
-        ("2\t1\nAnn\t1\t1\nAnn\t1\tBob\t3\nCid\t2\t4\nDee\t1\tEve\t12\n", r":2: a same-person pair names one image twice"),
+        (
+            "2\t1\nAnn\t1\t1\nAnn\t1\tBob\t3\nCid\t2\t4\nDee\t1\tEve\t12\n",
+            r":2: a same-person pair names one image twice",
+        ),
     ],
 )
 def test_malformed_pairs_files_name_the_line(tmp_path, text, message):
