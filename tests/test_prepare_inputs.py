@@ -180,3 +180,19 @@ def test_changed_settings_reprocess_everything(prepared):
     changed = {**params, "prepare": {**params["prepare"], "eye_scale": 4.0}}
     summary = prepare.run("celeba", changed, raw=root / "raw", out_root=root / "prepared")
     assert summary["reused"] == 0 and summary["processed"] == summary["photos"]
+
+
+def test_a_bug_on_every_photo_stops_the_stage_and_is_never_cached(prepared, monkeypatch):
+    _, _, root, params = prepared
+    changed = {**params, "prepare": {**params["prepare"], "eye_scale": 4.5}}  # fresh rows, nothing reused
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug, not a bad photo")
+
+    monkeypatch.setattr(prepare, "prepare_face", broken)
+    changed["prepare"]["workers"] = 1
+    with pytest.raises(RuntimeError, match=r"failed with an unexpected error, e.g. .*ZeroDivisionError"):
+        prepare.run("celeba", changed, raw=root / "raw", out_root=root / "prepared")
+    monkeypatch.undo()
+    summary = prepare.run("celeba", changed, raw=root / "raw", out_root=root / "prepared")
+    assert "error" not in summary["status"] and summary["status"]["ok"] == 8
