@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from facedata.errors import DataError, MissingInputError
 from facedata.prepared import PreparedDataset
 
 PAIR_COLUMNS = ("source", "condition", "same_image")
@@ -54,12 +55,12 @@ class PairData(Dataset):
     def __init__(self, prepared: PreparedDataset, pairs: pd.DataFrame):
         missing = [column for column in PAIR_COLUMNS if column not in pairs.columns]
         if missing or pairs.empty:
-            raise ValueError(f"pair manifest lacks column(s) {', '.join(missing)}" if missing
+            raise DataError(f"pair manifest lacks column(s) {', '.join(missing)}" if missing
                              else "pair manifest has no rows")
         unknown = sorted({key for key in pd.concat([pairs["source"], pairs["condition"]])
                           if key not in prepared})
         if unknown:
-            raise ValueError(f"{len(unknown)} pair keys are not prepared faces of {prepared.root}, "
+            raise DataError(f"{len(unknown)} pair keys are not prepared faces of {prepared.root}, "
                              f"e.g. {unknown[:3]}")
         self.prepared = prepared
         self.pairs = pairs.reset_index(drop=True)
@@ -68,7 +69,7 @@ class PairData(Dataset):
     @classmethod
     def from_files(cls, manifest: Path, prepared_root: Path) -> PairData:
         if not manifest.is_file():
-            raise FileNotFoundError(f"{manifest} not found: run `dvc repro pairs` first")
+            raise MissingInputError(f"{manifest} not found: run `dvc repro pairs` first")
         return cls(PreparedDataset(prepared_root), pd.read_csv(manifest))
 
     def __len__(self) -> int:

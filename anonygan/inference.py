@@ -2,40 +2,50 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
 from anonygan.data import NetworkInputs, to_uint8
-from anonygan.model import TEST_OUTPUTS, Generator, ModelConfig, composite
-from anonygan.training import default_device, load_checkpoint
+from anonygan.model import Generator, ModelConfig, composite, load_checkpoint
+from facedata import runtime
+from facedata.errors import DataError
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How a trained generator anonymises the test sets (params `baselines.anonygan`)."""
+
+    # raw: the whole generator output, as the authors' test script saved it | composited: only the
+    # face region (mask) comes from the generator, the rest is the source crop.
+    output: Literal["raw", "composited"] = "raw"
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on CUDA only; CPU always runs fp32
 
 
 class AnonyGANInference:
-    """The generator of a checkpoint in eval mode, batched, on CUDA (bf16, channels-last) when present."""
+    """The generator of a checkpoint in eval mode, batched, on CUDA (channels-last) when present."""
 
-    def __init__(self, generator: Generator, device: torch.device | None = None, batch_size: int = 32,
-                 test_output: str | None = None):
-        self.device = device or default_device()
-        self.config = generator.config
-        self.test_output = test_output or self.config.test_output
-        if self.test_output not in TEST_OUTPUTS:
-            raise ValueError(f"test_output must be one of {', '.join(TEST_OUTPUTS)}; got {self.test_output!r}")
-        cuda = self.device.type == "cuda"
-        self.memory_format = torch.channels_last if cuda else torch.contiguous_format
+    def __init__(self, generator: Generator, config: InferenceConfig = InferenceConfig(),
+                 device: torch.device | None = None, batch_size: int = 32):
+        self.device = device or runtime.default_device()
+        self.config = config
+        self.memory_format = runtime.memory_format(self.device)
         self.generator = generator.to(self.device, memory_format=self.memory_format).eval()
+        self.landmark_indices = generator.config.landmark_indices
         self.batch_size = batch_size
-        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cuda)
+        self.autocast = runtime.autocast(self.device, config.precision)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: torch.device | str | None = None,
-                        batch_size: int = 32, test_output: str | None = None) -> AnonyGANInference:
-        """Load `models/<method>/checkpoint.pt`. test_output overrides the checkpoint's model.test_output."""
+    def from_checkpoint(cls, path: str | Path, config: InferenceConfig = InferenceConfig(),
+                        device: torch.device | str | None = None, batch_size: int = 32) -> AnonyGANInference:
+        """Load `models/<method>/checkpoint.pt` (written by `anonygan.training.Trainer`)."""
         state = load_checkpoint(Path(path))
         generator = Generator(ModelConfig(**state["model_config"]))
-        generator.load_state_dict(state["networks"]["generator"])
-        return cls(generator, torch.device(device) if device is not None else None, batch_size, test_output)
+        generator.load_state_dict(state["modules"]["generator"])
+        return cls(generator, config, torch.device(device) if device is not None else None, batch_size)
 
     @torch.no_grad()
     def anonymise(self, source: np.ndarray, source_landmarks: np.ndarray, source_mask: np.ndarray,
@@ -43,8 +53,7 @@ class AnonyGANInference:
         """(N, H, W, 3) uint8 faces with the appearance of `condition` and the pose of `source`.
 
         source, condition: (N, H, W, 3) uint8 crops in the canonical frame; *_landmarks: (N, 68, 2)
-        crop coordinates; source_mask: (N, H, W) bool. With test_output "composited" only the face
-        region (mask) comes from the generator, the rest is the source crop.
+        crop coordinates; source_mask: (N, H, W) bool.
         """
         n, height, width = _check(source, source_landmarks, source_mask, condition, condition_landmarks)
         out = np.empty((n, height, width, 3), dtype=np.uint8)
@@ -55,13 +64,13 @@ class AnonyGANInference:
                      "condition_landmarks": condition_landmarks[part]}
             batch = {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in batch.items()}
             batch["same_image"] = torch.zeros(len(batch["source"]), dtype=torch.bool)
-            x = NetworkInputs.build(batch, self.config.landmark_indices, self.device, self.memory_format)
+            x = NetworkInputs.build(batch, self.landmark_indices, self.device, self.memory_format)
             with self.autocast:
                 generated = self.generator(x.condition, x.context, x.condition_maps, x.source_maps)
             if not torch.isfinite(generated).all():
-                raise ValueError(f"the generator produced non-finite pixels for faces {start}.."
+                raise DataError(f"the generator produced non-finite pixels for faces {start}.."
                                  f"{start + len(generated) - 1}: the checkpoint is untrained or broken")
-            if self.test_output == "composited":
+            if self.config.output == "composited":
                 generated = composite(generated.float(), x.source, x.mask)
             out[part] = to_uint8(generated)
         return out

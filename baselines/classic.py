@@ -17,12 +17,14 @@ Definitions (docs/decisions.md, "Baselines"):
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 import torch
 
 from baselines.interface import Anonymiser, FaceBatch, RunContext, register
-from pipelines.params import ParamsError, integer, section
+from facedata.config import above, at_least, odd
 
 
 def opencv_sigma(kernel_size: int) -> float:
@@ -98,46 +100,47 @@ def _cell_of(positions: np.ndarray, start: np.ndarray, stop: np.ndarray, cells: 
     return cell, (relative >= 0) & (positions[None, :] < stop[:, None])
 
 
+@dataclass(frozen=True)
+class BlurConfig:
+    kernel_size: Annotated[int, odd, at_least(1)] = 101  # paper: 101 x 101 Gaussian kernel over the face mask
+    sigma: Annotated[float, above(0)] | None = None  # None: OpenCV's rule 0.3 * ((k - 1) / 2 - 1) + 0.8
+
+
 @register("blur")
 class Blur(Anonymiser):
     """Gaussian blur of the face region (paper: 101 x 101 kernel)."""
 
-    def __init__(self, kernel_size: int = 101, sigma: float | None = None):
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"blur kernel_size must be a positive odd integer, got {kernel_size}")
-        if sigma is not None and sigma <= 0:
-            raise ValueError(f"blur sigma must be positive or None, got {sigma}")
-        self.kernel_size = kernel_size
-        self.sigma = opencv_sigma(kernel_size) if sigma is None else float(sigma)
+    Settings = BlurConfig
+
+    def __init__(self, config: BlurConfig = BlurConfig()):
+        self.kernel_size = config.kernel_size
+        self.sigma = opencv_sigma(config.kernel_size) if config.sigma is None else config.sigma
 
     @classmethod
-    def from_params(cls, context: RunContext) -> Blur:
-        settings = section(context.params, "baselines.blur")
-        kernel_size = integer(settings.get("kernel_size"), "baselines.blur.kernel_size", 1)
-        sigma = settings.get("sigma")
-        if sigma is not None and (isinstance(sigma, bool) or not isinstance(sigma, int | float) or sigma <= 0):
-            raise ParamsError(f"baselines.blur.sigma must be a positive number or null; got {sigma!r}")
-        if kernel_size % 2 == 0:
-            raise ParamsError(f"baselines.blur.kernel_size must be odd; got {kernel_size}")
-        return cls(kernel_size, sigma)
+    def from_config(cls, settings: BlurConfig, context: RunContext) -> Blur:
+        return cls(settings)
 
     def anonymise(self, batch: FaceBatch) -> np.ndarray:
         return blur_inside(batch.source, batch.source_mask, self.kernel_size, self.sigma)
+
+
+@dataclass(frozen=True)
+class PixelateConfig:
+    cells: Annotated[int, at_least(1)] = 10  # paper "10 x 10": the mask's bounding box cut into cells x cells blocks
 
 
 @register("pixelate")
 class Pixelate(Anonymiser):
     """Mosaic of the face region (paper: 10 x 10)."""
 
-    def __init__(self, cells: int = 10):
-        if cells < 1:
-            raise ValueError(f"pixelate cells must be >= 1, got {cells}")
-        self.cells = cells
+    Settings = PixelateConfig
+
+    def __init__(self, config: PixelateConfig = PixelateConfig()):
+        self.cells = config.cells
 
     @classmethod
-    def from_params(cls, context: RunContext) -> Pixelate:
-        settings = section(context.params, "baselines.pixelate")
-        return cls(integer(settings.get("cells"), "baselines.pixelate.cells", 1))
+    def from_config(cls, settings: PixelateConfig, context: RunContext) -> Pixelate:
+        return cls(settings)
 
     def anonymise(self, batch: FaceBatch) -> np.ndarray:
         return pixelate_inside(batch.source, batch.source_mask, self.cells)

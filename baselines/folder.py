@@ -6,39 +6,46 @@ prepared crops, composited as the method intends); they are returned as they are
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from baselines.interface import Anonymiser, FaceBatch, RunContext, register
-from pipelines.params import ParamsError, section
+from facedata.errors import DataError, MissingInputError, ParamsError
+from facedata.images import read_rgb
 
 #: How many missing file names an error lists before it only counts them.
 _LISTED = 5
+
+
+@dataclass(frozen=True)
+class FolderConfig:
+    root: str | None = None  # third-party anonymised crops: <root>/<dataset>/<pair_id>.png
 
 
 @register("folder")
 class FolderAnonymiser(Anonymiser):
     """Reads `<directory>/<pair_id>.png` for each face of a batch."""
 
+    Settings = FolderConfig
+
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
         if not self.directory.is_dir():
-            raise FileNotFoundError(f"folder anonymiser: {self.directory} is not a directory")
+            raise MissingInputError(f"folder anonymiser: {self.directory} is not a directory")
 
     @classmethod
-    def from_params(cls, context: RunContext) -> FolderAnonymiser:
+    def from_config(cls, settings: FolderConfig, context: RunContext) -> FolderAnonymiser:
         """<root>/<dataset>/, e.g. third_party/celeba/17.png.
 
         root: the method's own `methods.<name>.root` (several third-party methods side by side),
-        else `baselines.folder.root`.
+        else `anonymisers.folder.root`.
         """
-        entry = (context.params.get("methods") or {}).get(context.method) or {}
-        root = entry.get("root") or section(context.params, "baselines.folder").get("root")
+        root = context.root or settings.root
         if not root:
             raise ParamsError(
-                f"methods.{context.method}.root or baselines.folder.root must name the folder "
+                f"methods.{context.method}.root or anonymisers.folder.root must name the folder "
                 "holding <dataset>/<pair_id>.png"
             )
         return cls(Path(root) / context.dataset)
@@ -50,16 +57,12 @@ class FolderAnonymiser(Anonymiser):
             listed = ", ".join(missing[:_LISTED])
             if len(missing) > _LISTED:
                 listed += f" and {len(missing) - _LISTED} more"
-            raise FileNotFoundError(f"{self.directory}: {len(missing)} of {len(paths)} images missing: {listed}")
+            raise MissingInputError(f"{self.directory}: {len(missing)} of {len(paths)} images missing: {listed}")
         height, width = batch.source.shape[1:3]
         images = []
         for path in paths:
-            try:
-                with Image.open(path) as image:
-                    rgb = np.asarray(image.convert("RGB"))
-            except (UnidentifiedImageError, OSError) as error:
-                raise ValueError(f"{path}: not a readable image ({error})") from error
+            rgb = read_rgb(path)
             if rgb.shape[:2] != (height, width):
-                raise ValueError(f"{path} is {rgb.shape[1]}x{rgb.shape[0]} (WxH); the crops are {width}x{height}")
+                raise DataError(f"{path} is {rgb.shape[1]}x{rgb.shape[0]} (WxH); the crops are {width}x{height}")
             images.append(rgb)
         return np.stack(images) if images else np.zeros_like(batch.source)

@@ -4,7 +4,7 @@ Every method of the benchmark (blurring, pixelation, CIAGAN, the AnonyGAN varian
 third-party method wrote) is a class registered under its method name, so the anonymise stage
 runs them all the same way:
 
-    anonymiser = create("blur", RunContext(method="blur", dataset="celeba", params=params))
+    anonymiser = create("blur", BlurConfig(kernel_size=101), RunContext(method="blur", dataset="celeba"))
     crops = anonymiser.anonymise(batch)          # (N, H, W, 3) uint8, composited into the source
 
 Adding a method takes one class:
@@ -14,21 +14,23 @@ Adding a method takes one class:
         def anonymise(self, batch: FaceBatch) -> np.ndarray:
             ...
 
-`from_params` builds it from what the stage knows (params.yaml, dataset, checkpoint folder);
+`from_config` builds it from its typed settings (the params section its `methods` entry names,
+loaded into the class's `Settings`) and what the stage knows (dataset, identities, checkpoint);
 the default calls the class without arguments.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import pandas as pd
 
+from facedata.errors import DataError
 from facedata.prepared import PreparedDataset
 
 
@@ -69,27 +71,30 @@ class FaceBatch:
 
 @dataclass(frozen=True)
 class RunContext:
-    """What the anonymise stage knows when it builds an anonymiser."""
+    """What the anonymise stage knows when it builds an anonymiser, besides its settings."""
 
     method: str
     dataset: str
-    params: Mapping[str, Any] = field(default_factory=dict)  # the whole params.yaml
     #: The dataset's source identities in protocol order (see `identity_order`); CIAGAN's target rule uses it.
     identities: tuple[str, ...] = ()
-    models: Path = Path("models")
+    #: models/<method>/checkpoint.pt, where the method's train stage writes its weights.
+    checkpoint: Path | None = None
+    #: The method entry's own folder (`methods.<name>.root`), for anonymisers that read files.
+    root: Path | None = None
+    batch_size: int = 32
     device: str | None = None  # None: CUDA when available, else CPU
-
-    @property
-    def checkpoint(self) -> Path:
-        """models/<method>/checkpoint.pt, where the method's `train` stage writes its weights."""
-        return self.models / self.method / "checkpoint.pt"
 
 
 class Anonymiser(ABC):
-    """One anonymisation method. Instances may hold models; `anonymise` may be called many times."""
+    """One anonymisation method. Instances may hold models; `anonymise` may be called many times.
+
+    `Settings` is the settings class of the method's params section (None: it takes none).
+    """
+
+    Settings: ClassVar[type | None] = None
 
     @classmethod
-    def from_params(cls, context: RunContext) -> Anonymiser:
+    def from_config(cls, settings: Any, context: RunContext) -> Anonymiser:
         """Build the anonymiser for a stage run; methods with settings or weights override this."""
         return cls()
 
@@ -120,18 +125,28 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create(name: str, context: RunContext | None = None) -> Anonymiser:
-    """The anonymiser registered as `name`, built for `context` (default: no params, dataset '')."""
+def anonymiser_class(name: str) -> type[Anonymiser]:
+    """The class registered as `name`; a KeyError listing the registered names otherwise."""
     if name not in _REGISTRY:
         raise KeyError(f"unknown anonymiser {name!r}; registered: {', '.join(available())}")
-    return _REGISTRY[name].from_params(context or RunContext(method=name, dataset=""))
+    return _REGISTRY[name]
+
+
+def create(name: str, settings: Any = None, context: RunContext | None = None) -> Anonymiser:
+    """The anonymiser registered as `name`, built from its settings (default: the class's defaults)."""
+    cls = anonymiser_class(name)
+    if settings is None and cls.Settings is not None:
+        settings = cls.Settings()
+    if cls.Settings is not None and not isinstance(settings, cls.Settings):
+        raise TypeError(f"anonymiser {name!r} takes {cls.Settings.__name__} settings, got {type(settings).__name__}")
+    return cls.from_config(settings, context or RunContext(method=name, dataset=""))
 
 
 def check_output(batch: FaceBatch, images: np.ndarray, method: str) -> np.ndarray:
     """`images` if it is what `anonymise` promises for `batch`, else a ValueError naming `method`."""
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.shape != batch.source.shape:
         got = f"{images.shape} {images.dtype}" if isinstance(images, np.ndarray) else type(images).__name__
-        raise ValueError(f"anonymiser {method!r} returned {got}; expected {batch.source.shape} uint8")
+        raise DataError(f"anonymiser {method!r} returned {got}; expected {batch.source.shape} uint8")
     return images
 
 

@@ -11,9 +11,11 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
 
+from facedata.config import at_least, between
 from facedata.framing import CropTransform, extract_crop, face_mask, frame_for
 from facedata.images import ImageError, decode
 from facedata.landmarks import LandmarkDetector
@@ -24,25 +26,14 @@ PREPARE_VERSION = 2
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    crop_height: int = 220
-    crop_width: int = 180
-    eye_scale: float = 5.0
-    detect_max_side: int = 500
-    detect_upsample: int = 1
-    fallback_detector: str | None = "cnn"
-    max_pixels: int = 250_000_000
-
-    def __post_init__(self):
-        for name in ("crop_height", "crop_width", "detect_max_side", "max_pixels"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 16:
-                raise ValueError(f"prepare.{name} must be an integer >= 16, got {value!r}")
-        if not isinstance(self.detect_upsample, int) or not 0 <= self.detect_upsample <= 3:
-            raise ValueError(f"prepare.detect_upsample must be 0..3, got {self.detect_upsample!r}")
-        if self.fallback_detector not in (None, "cnn"):
-            raise ValueError(f"prepare.fallback_detector must be cnn or null, got {self.fallback_detector!r}")
-        if not 1.0 <= float(self.eye_scale) <= 20.0:
-            raise ValueError(f"prepare.eye_scale must be in [1, 20], got {self.eye_scale!r}")
+    crop_height: Annotated[int, at_least(16)] = 220  # canonical crop, the authors' 220x180 (HxW) CelebA size
+    crop_width: Annotated[int, at_least(16)] = 180
+    eye_scale: Annotated[float, between(1.0, 20.0)] = 5.0  # crop height = 2 * eye_scale * inner-eye distance
+    detect_max_side: Annotated[int, at_least(16)] = 500  # photos are detected at most this large, then refined
+    detect_upsample: Annotated[int, between(0, 3)] = 1  # dlib HOG upsampling (1 finds faces down to ~40 px)
+    fallback_detector: Literal["cnn"] | None = "cnn"  # cnn: dlib's CNN where HOG finds no face | None: HOG only
+    max_pixels: Annotated[int, at_least(16)] = 250_000_000  # larger photos get status too_large, undecoded
+    workers: Annotated[int, at_least(0)] = 0  # processes; 0 = all cores (does not change any output)
 
     @property
     def crop_size(self) -> tuple[int, int]:
@@ -50,7 +41,8 @@ class PrepareConfig:
 
     def fingerprint(self) -> str:
         """Changes whenever a setting or the processing version changes: invalidates cached rows."""
-        payload = json.dumps({**asdict(self), "version": PREPARE_VERSION}, sort_keys=True)
+        settings = {key: value for key, value in asdict(self).items() if key != "workers"}
+        payload = json.dumps({**settings, "version": PREPARE_VERSION}, sort_keys=True)
         return hashlib.sha1(payload.encode()).hexdigest()[:12]
 
 

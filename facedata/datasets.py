@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
+from facedata.config import at_least
+from facedata.errors import DataError, ParamsError
 from facedata.fetch import Remote
 
 _DRIVE = "https://drive.usercontent.google.com/download?export=download&confirm=t&id="
@@ -59,27 +62,44 @@ LFW_FOLDERS = {"original": "lfw", "funneled": "lfw_funneled", "deepfunneled": "l
 DATASETS = ("celeba", "lfw")
 
 
-class ProtocolFileError(ValueError):
+@dataclass(frozen=True)
+class CelebaData:
+    # Folder holding img_align_celeba/ (or img_celeba/) and identity_CelebA.txt; None = download.
+    root: str | None = None
+    variant: Literal["aligned", "wild"] = "aligned"  # aligned (178x218) | wild (img_celeba, local copies only)
+    # CIAGAN's protocol: identities with >= 30 images (1,563 in full CelebA)
+    min_images_per_identity: Annotated[int, at_least(1)] = 30
+
+
+@dataclass(frozen=True)
+class LfwData:
+    root: str | None = None  # folder holding <variant folder>/ and pairs.txt; None = download
+    variant: Literal["original", "funneled", "deepfunneled"] = "deepfunneled"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    celeba: CelebaData = field(default_factory=CelebaData)
+    lfw: LfwData = field(default_factory=LfwData)
+
+
+class ProtocolFileError(DataError):
     """A malformed protocol file; the message names the file and line."""
 
 
 def image_folder(dataset: str, variant: str) -> str:
-    folders = {"celeba": CELEBA_FOLDERS, "lfw": LFW_FOLDERS}[dataset]
-    if variant not in folders:
-        raise ValueError(f"data.{dataset}.variant must be one of {sorted(folders)}, got {variant!r}")
-    return folders[variant]
+    return {"celeba": CELEBA_FOLDERS, "lfw": LFW_FOLDERS}[dataset][variant]
 
 
 def remotes(dataset: str, variant: str) -> list[Remote]:
     """Files to download for a dataset variant, archives last."""
     if dataset == "celeba":
         if variant not in CELEBA_ARCHIVES:
-            raise ValueError(
+            raise ParamsError(
                 f"CelebA '{variant}' images come as a multi-part 7z archive that this suite does not "
                 "download; extract img_celeba/ yourself and set data.celeba.root"
             )
         return [CELEBA_IDENTITY, CELEBA_ARCHIVES[variant]]
-    image_folder(dataset, variant)
     return [LFW_PAIRS, LFW_ARCHIVES[variant]]
 
 

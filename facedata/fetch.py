@@ -15,23 +15,33 @@ import urllib.parse
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Annotated
 
 import requests
 from tqdm import tqdm
 
+from facedata.config import above, at_least
+from facedata.errors import DataError, SuiteError
+
 CHUNK = 1 << 20
 
 
-class DownloadError(RuntimeError):
-    pass
+@dataclass(frozen=True)
+class DownloadConfig:
+    retries: Annotated[int, at_least(0)] = 5  # attempts after the first, with exponential backoff
+    timeout_s: Annotated[float, above(0)] = 60.0  # per connection / read
+
+
+class DownloadError(SuiteError, RuntimeError):
+    """A file could not be fetched; the message names it and its source."""
 
 
 class ChecksumError(DownloadError):
-    pass
+    """A downloaded (or present) file does not have the expected digest."""
 
 
-class UnsafeArchiveError(ValueError):
-    pass
+class UnsafeArchiveError(DataError):
+    """An archive member would land outside the extraction folder, or is not a plain file or folder."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from facedata.errors import DataError
+
 
 class ImageError(Exception):
     """An image that cannot be used. `status` is a short code recorded in the prepared index."""
@@ -28,6 +30,15 @@ class DecodedImage:
     pixels: np.ndarray  # (h, w, 3) uint8
     scale: float  # decoded pixels per original pixel (<= 1)
     original_size: tuple[int, int]  # (width, height) of the upright original
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 of an image the suite wrote or reads back (crops, anonymised images)."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as error:
+        raise DataError(f"{path}: not a readable image ({error})") from error
 
 
 def open_header(path: Path, max_pixels: int) -> Image.Image:

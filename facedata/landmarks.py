@@ -38,9 +38,6 @@ def dlib_model_path(filename: str) -> Path:
     return path
 
 
-DETECTORS = ("hog", "cnn")
-
-
 @dataclass(frozen=True)
 class Face:
     box: np.ndarray  # (4,) float: left, top, right, bottom in the coordinates of the input image
@@ -107,10 +104,6 @@ class LandmarkDetector:
         rect = dlib.rectangle(*(int(round(v)) for v in box))
         shape = self._predictor(np.ascontiguousarray(rgb), rect)
         return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32)
-
-    def find_faces(self, rgb: np.ndarray) -> list[Face]:
-        """Every detected face with its landmarks, in detection order."""
-        return [Face(box, self.landmarks(rgb, box)) for box in self.detect(rgb)]
 
     def detect_cnn(self, rgb: np.ndarray) -> np.ndarray:
         """Face boxes (n, 4) from the CNN detector, without upsampling.

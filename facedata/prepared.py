@@ -17,7 +17,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from facedata.errors import MissingInputError
 from facedata.framing import CropTransform
+from facedata.images import read_rgb
 
 INDEX_COLUMNS = {
     "key": "photo path relative to the dataset's image folder",
@@ -52,7 +54,7 @@ class PreparedDataset:
         self.root = Path(root)
         index_path = self.root / "index.parquet"
         if not index_path.is_file():
-            raise FileNotFoundError(f"{index_path} not found: run `dvc repro prepare@<dataset>` first")
+            raise MissingInputError(f"{index_path} not found: run `dvc repro prepare@<dataset>` first")
         self.index = pd.read_parquet(index_path).set_index("key", drop=False)
 
     @property
@@ -73,7 +75,7 @@ class PreparedDataset:
     def crop(self, key: str) -> np.ndarray:
         """(H, W, 3) uint8 RGB."""
         self._row(key)
-        return np.asarray(Image.open(self.root / crop_relpath(key)).convert("RGB"))
+        return read_rgb(self.root / crop_relpath(key))
 
     def mask(self, key: str) -> np.ndarray:
         """(H, W) bool, True inside the face."""

@@ -7,6 +7,6 @@
 """
 
 from metrics import fid, pose, reid  # noqa: F401  (registers the metrics)
-from metrics.registry import MetricInputs, PairSet, available, calc, options
+from metrics.registry import MetricInputs, PairSet, available, calc, load_options, options, options_type
 
-__all__ = ["MetricInputs", "PairSet", "available", "calc", "options"]
+__all__ = ["MetricInputs", "PairSet", "available", "calc", "load_options", "options", "options_type"]

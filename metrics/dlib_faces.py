@@ -10,8 +10,8 @@ import functools
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from facedata.images import read_rgb
 from facedata.landmarks import LandmarkDetector, dlib_model_path
 from metrics.store import cached_features, content_digest, map_parallel
 
@@ -31,14 +31,9 @@ def _descriptor_model():
     return dlib.face_recognition_model_v1(str(dlib_model_path(DESCRIPTOR_MODEL)))
 
 
-def _rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
-
-
 def hog_face(path: Path) -> np.ndarray:
     """(137,) float32: the number of faces found, then the main face's 68 landmarks (NaN if none)."""
-    face, n_faces = _detector().main_face(_rgb(path))
+    face, n_faces = _detector().main_face(read_rgb(path))
     landmarks = face.landmarks.ravel() if face is not None else np.full(136, np.nan, np.float32)
     return np.concatenate([[n_faces], landmarks]).astype(np.float32)
 
@@ -52,7 +47,7 @@ def descriptor(item: tuple[Path, np.ndarray]) -> np.ndarray:
     import dlib
 
     path, landmarks = item
-    rgb = _rgb(path)
+    rgb = read_rgb(path)
     height, width = rgb.shape[:2]
     points = [dlib.point(int(round(x)), int(round(y))) for x, y in landmarks]
     shape = dlib.full_object_detection(dlib.rectangle(0, 0, width - 1, height - 1), points)

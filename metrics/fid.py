@@ -13,19 +13,24 @@ feature precision, so no autocast.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
 from facedata.compat import ensure_torchvision
+from facedata.config import at_least
+from facedata.images import read_rgb
 from metrics import weights
-from metrics.registry import MetricInputs, read_rgb, register
+from metrics.registry import MetricInputs, register
 from metrics.store import cached_features, content_digest
 
-RESIZE_MODES = ("clean", "legacy_pytorch")
+Resize = Literal["clean", "legacy_pytorch"]
+RESIZE_MODES = typing.get_args(Resize)
 INCEPTION_SIZE = 299
 FEATURES = 2048
 
@@ -141,15 +146,15 @@ def _feature_sets(inputs: MetricInputs, resize: str) -> tuple[np.ndarray, np.nda
 
 
 @register
-def fid(inputs: MetricInputs, *, resize: str = "clean") -> dict:
+def fid(inputs: MetricInputs, *, resize: Resize = "clean") -> dict:
     """Frechet Inception distance between the anonymised images and the dataset's real test crops."""
     real, fake, counts = _feature_sets(inputs, resize)
     return {"value": frechet_distance(*statistics(real), *statistics(fake)), **counts}
 
 
 @register
-def kid(inputs: MetricInputs, *, resize: str = "clean", subsets: int = 100, subset_size: int = 1000,
-        seed: int = 0) -> dict:
+def kid(inputs: MetricInputs, *, resize: Resize = "clean", subsets: Annotated[int, at_least(1)] = 100,
+        subset_size: Annotated[int, at_least(2)] = 1000, seed: Annotated[int, at_least(0)] = 0) -> dict:
     """Kernel Inception distance (unbiased at small N), mean and std over seeded subsets."""
     real, fake, counts = _feature_sets(inputs, resize)
     mean, std, size = kernel_inception_distance(real, fake, subsets=subsets, subset_size=subset_size, seed=seed)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 import pandas as pd
 import torch
 
 from facedata.compat import ensure_torchvision
+from facedata.config import unit_interval
+from facedata.images import read_rgb
 from facedata.landmarks import LEFT_EYE_OUTER, RIGHT_EYE_OUTER
 from metrics.dlib_faces import hog_faces
-from metrics.registry import MetricInputs, read_rgb, register
+from metrics.registry import MetricInputs, register
 from metrics.store import cached_features, content_digest
 
 
@@ -58,7 +62,7 @@ def detection_dlib(inputs: MetricInputs) -> dict:
 
 
 @register
-def detection_mtcnn(inputs: MetricInputs, *, threshold: float = 0.7) -> dict:
+def detection_mtcnn(inputs: MetricInputs, *, threshold: Annotated[float, unit_interval] = 0.7) -> dict:
     """Share of anonymised images where facenet-pytorch's MTCNN finds at least one face.
 
     `threshold` is MTCNN's final-stage probability threshold (its default: 0.7). Same-size

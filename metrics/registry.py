@@ -13,19 +13,25 @@ is not plain JSON; the evaluate stage writes it to its own file.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import inspect
 import time
+import typing
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
 
+from facedata import config
+from facedata.errors import DataError
 from facedata.prepared import PreparedDataset, crop_relpath
 
 DEFAULT_CACHE = Path(".cache/metrics")
@@ -42,9 +48,9 @@ class PairSet:
     def __post_init__(self):
         missing = {"pair_id", "source"} - set(self.manifest.columns)
         if missing:
-            raise ValueError(f"pair manifest lacks column(s) {sorted(missing)}; it has {list(self.manifest.columns)}")
+            raise DataError(f"pair manifest lacks column(s) {sorted(missing)}; it has {list(self.manifest.columns)}")
         if self.manifest["pair_id"].duplicated().any():
-            raise ValueError("pair manifest has duplicate pair_id values")
+            raise DataError("pair manifest has duplicate pair_id values")
 
     @property
     def is_lfw(self) -> bool:
@@ -115,23 +121,17 @@ class MetricInputs:
             with Image.open(path) as image:
                 size = image.size
         except OSError as error:
-            raise ValueError(f"{path}: not a readable image ({error})") from error
+            raise DataError(f"{path}: not a readable image ({error})") from error
         if size != expected:
-            raise ValueError(f"{path}: image is {size[0]}x{size[1]} (WxH), expected {expected[0]}x{expected[1]} "
+            raise DataError(f"{path}: image is {size[0]}x{size[1]} (WxH), expected {expected[0]}x{expected[1]} "
                              "like the prepared crops")
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8."""
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
 
 
 _METRICS: dict[str, Callable[..., dict]] = {}
 
 
 def register(function: Callable[..., dict]) -> Callable[..., dict]:
-    """Register `function` under its own name; its keyword-only parameters are its options."""
+    """Register `function` under its own name; its annotated keyword-only parameters are its options."""
     if function.__name__ in _METRICS:
         raise ValueError(f"metric {function.__name__!r} is registered twice")
     _METRICS[function.__name__] = function
@@ -143,20 +143,30 @@ def available() -> list[str]:
     return sorted(_METRICS)
 
 
+@functools.cache
+def options_type(name: str) -> type:
+    """The metric's options as a frozen settings class (`facedata.config`), from its signature."""
+    function = _get(name)
+    hints = typing.get_type_hints(function, include_extras=True)
+    fields = [(p.name, hints[p.name], dataclasses.field(default=p.default))
+              for p in inspect.signature(function).parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    return dataclasses.make_dataclass(f"{name}_options", fields, frozen=True)
+
+
 def options(name: str) -> dict[str, object]:
     """The options of metric `name` with their defaults."""
-    parameters = inspect.signature(_get(name)).parameters.values()
-    return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    return dataclasses.asdict(options_type(name)())
+
+
+def load_options(name: str, settings: Mapping[str, Any] | None = None) -> Any:
+    """The metric's options from a params mapping (`metrics.<name>`), every value checked."""
+    return config.load(options_type(name), settings or {}, f"metrics.{name}")
 
 
 def calc(name: str, inputs: MetricInputs, **overrides) -> dict:
-    """Compute metric `name` on `inputs`; unknown options are an error naming them."""
+    """Compute metric `name` on `inputs`; an unknown option or a bad value is a ParamsError naming it."""
     function = _get(name)
-    settings = options(name)
-    unknown = set(overrides) - set(settings)
-    if unknown:
-        raise TypeError(f"metric {name!r} has no option(s) {sorted(unknown)}; its options: {sorted(settings)}")
-    settings.update(overrides)
+    settings = dataclasses.asdict(load_options(name, overrides))
     start = time.perf_counter()
     result = function(inputs, **settings)
     skipped = {reason: int(count) for reason, count in sorted(result.pop("skipped", {}).items())}

@@ -15,6 +15,8 @@ comes with the same computation on the real source photos, the un-anonymised bas
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import pandas as pd
 
@@ -23,6 +25,8 @@ from metrics.dlib_faces import descriptors
 from metrics.registry import MetricInputs, PairSet, register
 
 EMBEDDERS = ("dlib", *facenet.MODELS)
+#: Which real photo an anonymised image is compared with: its own source, or (LFW) the pair's first photo.
+Reference = Literal["source", "first"]
 
 
 # --- embeddings -------------------------------------------------------------------------------
@@ -75,7 +79,7 @@ def _paper_reid(inputs: MetricInputs, model: str, reference: str) -> dict:
 
 
 @register
-def reid_facenet_casia(inputs: MetricInputs, *, reference: str = "source") -> dict:
+def reid_facenet_casia(inputs: MetricInputs, *, reference: Reference = "source") -> dict:
     """Share of anonymised images with the same FaceNet (CASIA-WebFace) top-1 class as their reference.
 
     reference: 'source' (the photo before anonymisation, the paper's "source faces") or, on
@@ -85,7 +89,7 @@ def reid_facenet_casia(inputs: MetricInputs, *, reference: str = "source") -> di
 
 
 @register
-def reid_facenet_vggface2(inputs: MetricInputs, *, reference: str = "source") -> dict:
+def reid_facenet_vggface2(inputs: MetricInputs, *, reference: Reference = "source") -> dict:
     """As reid_facenet_casia, with FaceNet trained on VGGFace2."""
     return _paper_reid(inputs, "vggface2", reference)
 

@@ -1,14 +1,15 @@
-"""Stage `anonymise@<method>`: one registered anonymiser over the test pairs of every dataset.
+"""Stage `anonymise@<method>`: one method's anonymiser over the test pairs of every dataset.
 
-For each dataset it writes lossless crops
-`outputs/<dataset>/<method>/<pair_id>.png` with a `manifest.csv` (pair_id, source,
-condition, status). Pairs whose source photo was not prepared are listed with their
-status and get no image. The folder is replaced as a whole only when every batch succeeded.
+For each dataset it writes lossless crops `outputs/<dataset>/<method>/<pair_id>.png` with a
+`manifest.csv` (pair_id, source, condition, status). Pairs whose source photo was not prepared
+are listed with their status and get no image. The folder is replaced as a whole only when
+every batch succeeded.
 
     python -m pipelines.anonymise <method>
 
-The method is the registered anonymiser of that name, or the one its `methods` entry names
-(`anonymiser: folder` evaluates images another program wrote; see the README).
+The method is a key of params.yaml `methods`; its entry names the registered anonymiser
+(`anonymiser: folder` evaluates images another program wrote; see the README) and the params
+section of its settings.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,39 +25,31 @@ from tqdm import tqdm
 
 from baselines import RunContext, check_output, create, identity_order, load_batch
 from facedata.atomic import write_json, write_table
+from facedata.datasets import DATASETS
 from facedata.prepared import PreparedDataset
-from pipelines.params import ParamsError, integer, method_stage, section
+from pipelines import stage
+from pipelines.config import Params
+from pipelines.layout import Layout, require
 
-OUTPUTS = Path("outputs")
 
-
-def run(
-    dataset: str,
-    method: str,
-    params: dict,
-    *,
-    pairs: Path = Path("data/pairs"),
-    prepared: Path = Path("data/prepared"),
-    models: Path = Path("models"),
-    out_root: Path = OUTPUTS,
-) -> dict:
+def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> dict:
     started = time.perf_counter()
-    batch_size = integer(section(params, "anonymise").get("batch_size"), "anonymise.batch_size", 1)
-    manifest = pd.read_csv(pairs / f"{dataset}_test.csv")
-    faces = PreparedDataset(prepared / dataset)
-    context = RunContext(
-        method=method, dataset=dataset, params=params, identities=identity_order(manifest), models=models
-    )
-    entry = (params.get("methods") or {}).get(method) or {}
-    anonymiser = create(entry.get("anonymiser", method), context)
+    entry = params.method(method)
+    manifest = pd.read_csv(require(layout.test_pairs(dataset), "pairs"))
+    faces = PreparedDataset(layout.prepared(dataset))
+    context = RunContext(method=method, dataset=dataset, identities=identity_order(manifest),
+                         checkpoint=layout.checkpoint(method), root=layout.path(entry.root) if entry.root else None,
+                         batch_size=params.anonymise.batch_size)
+    anonymiser = create(entry.anonymiser_name(method), params.anonymiser_settings(method), context)
 
     runnable = manifest["source"].isin(faces.ok.index) & manifest["condition"].isin(faces.ok.index)
     status = np.where(runnable, "ok", "skipped: " + manifest["source_status"].astype(str))
-    out = out_root / dataset / method
+    out = layout.outputs(dataset, method)
     staging = out.parent / f".{method}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     todo = manifest[runnable]
+    batch_size = params.anonymise.batch_size
     for start in tqdm(range(0, len(todo), batch_size), desc=f"{dataset}/{method}", unit="batch", disable=None):
         batch = load_batch(todo.iloc[start : start + batch_size], faces, faces)
         images = check_output(batch, anonymiser.anonymise(batch), method)
@@ -82,8 +74,12 @@ def run(
     return summary
 
 
-def main(argv: list[str] | None = None) -> None:
-    method_stage("anonymise", run, __doc__, argv, errors=(ParamsError, FileNotFoundError, KeyError, ValueError))
+def run(params: Params, layout: Layout, method: str) -> dict[str, dict]:
+    return {dataset: run_dataset(params, layout, method, dataset) for dataset in DATASETS}
+
+
+def main(argv: list[str] | None = None, layout: Layout = Layout()) -> None:
+    stage.main(run, "anonymise", __doc__, item="method", argv=argv, layout=layout)
 
 
 if __name__ == "__main__":

@@ -13,14 +13,15 @@ from pathlib import Path
 
 from facedata import datasets
 from facedata.atomic import write_bytes, write_json
-from facedata.fetch import DownloadError, UnsafeArchiveError, extract, fetch, matches
-from pipelines.params import choice, dataset_stage, integer, section
+from facedata.errors import MissingInputError
+from facedata.fetch import DownloadConfig, DownloadError, extract, fetch, matches
+from pipelines import stage
+from pipelines.config import Params
+from pipelines.layout import Layout
 
-RAW = Path("data/raw")
 
-
-class LayoutError(FileNotFoundError):
-    pass
+class LayoutError(MissingInputError):
+    """A local copy of a dataset is not laid out as the official archives extract."""
 
 
 def verify_local(dataset: str, root: Path, variant: str) -> dict:
@@ -69,11 +70,11 @@ def verify_local(dataset: str, root: Path, variant: str) -> dict:
     return report
 
 
-def download(dataset: str, variant: str, out: Path, retries: int, timeout: float) -> Path:
+def download(dataset: str, variant: str, out: Path, settings: DownloadConfig) -> Path:
     """Fetch the official files into `out` and extract the archives; returns the dataset root (= out)."""
     for remote in datasets.remotes(dataset, variant):
         try:
-            path = fetch(remote, out / "archives", retries=retries, timeout=timeout)
+            path = fetch(remote, out / "archives", retries=settings.retries, timeout=settings.timeout_s)
         except DownloadError as error:
             raise DownloadError(f"{error}. If you have {dataset} on disk, set data.{dataset}.root instead") from None
         if remote.filename.endswith((".zip", ".tgz", ".tar")):
@@ -87,40 +88,26 @@ def download(dataset: str, variant: str, out: Path, retries: int, timeout: float
     return out
 
 
-def run(dataset: str, params: dict) -> dict:
-    config = section(params, f"data.{dataset}")
-    options = section(params, "download")
-    variant = config.get("variant")
-    choice(
-        variant,
-        f"data.{dataset}.variant",
-        list(datasets.CELEBA_FOLDERS if dataset == "celeba" else datasets.LFW_FOLDERS),
-    )
-    out = RAW / dataset
+def run(params: Params, layout: Layout, dataset: str) -> dict:
+    settings = getattr(params.data, dataset)
+    out = layout.raw(dataset)
     out.mkdir(parents=True, exist_ok=True)
-    if config.get("root"):
-        root = Path(str(config["root"])).expanduser()
+    if settings.root:
+        root = layout.path(settings.root)
         print(f"{dataset}: verifying the local copy at {root} (nothing is downloaded or copied)")
     else:
-        root = download(
-            dataset,
-            variant,
-            out,
-            integer(options.get("retries"), "download.retries", 0),
-            float(options.get("timeout_s", 60)),
-        )
-    report = verify_local(dataset, root, variant)
-    report["local_copy"] = bool(config.get("root"))
-    write_json(out / "source.json", report)
+        root = download(dataset, settings.variant, out, params.download)
+    report = verify_local(dataset, root, settings.variant)
+    report["local_copy"] = bool(settings.root)
+    write_json(layout.source(dataset), report)
     for name, value in sorted(report.items()):
         if name.startswith("n_") or name.endswith("_official"):
             print(f"  {name}: {value}")
     return report
 
 
-def main(argv: list[str] | None = None) -> None:
-    errors = (LayoutError, DownloadError, UnsafeArchiveError, ValueError)  # ValueError: bad params and protocol files
-    dataset_stage("download", run, __doc__, argv, errors=errors)
+def main(argv: list[str] | None = None, layout: Layout = Layout()) -> None:
+    stage.main(run, "download", __doc__, item="dataset", choices=datasets.DATASETS, argv=argv, layout=layout)
 
 
 if __name__ == "__main__":

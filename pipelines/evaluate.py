@@ -13,67 +13,43 @@ dataset, not once per method.
 
 from __future__ import annotations
 
-from pathlib import Path
+import dataclasses
 
 import pandas as pd
 
 import metrics
 from facedata.atomic import write_json, write_table
+from facedata.datasets import DATASETS
 from facedata.prepared import PreparedDataset
 from metrics.weights import WeightsUnavailableError
-from pipelines.params import ParamsError, integer, method_stage, section
-
-RESULTS = Path("results")
-
-
-def metric_settings(params: dict) -> tuple[list[str], dict[str, dict]]:
-    """The metrics to compute (evaluate.metrics) and their options (the `metrics` section)."""
-    names = section(params, "evaluate").get("metrics")
-    if not isinstance(names, list) or not names:
-        raise ParamsError(f"evaluate.metrics must be a non-empty list of metric names; got {names!r}")
-    unknown = sorted(set(names) - set(metrics.available()))
-    if unknown:
-        raise ParamsError(f"evaluate.metrics: unknown metric(s) {unknown}; available: {', '.join(metrics.available())}")
-    options = params.get("metrics") or {}
-    strays = sorted(set(options) - set(metrics.available()))
-    if strays:
-        raise ParamsError(f"params.yaml 'metrics' has options for unknown metric(s) {strays}")
-    return names, {name: dict(options.get(name) or {}) for name in names}
+from pipelines import stage
+from pipelines.config import Params
+from pipelines.layout import Layout, require
 
 
-def run(
-    dataset: str,
-    method: str,
-    params: dict,
-    *,
-    pairs: Path = Path("data/pairs"),
-    prepared: Path = Path("data/prepared"),
-    outputs: Path = Path("outputs"),
-    out_root: Path = RESULTS,
-) -> dict:
-    names, options = metric_settings(params)
-    settings = section(params, "evaluate")
-    images = outputs / dataset / method
-    if not (images / "manifest.csv").is_file():
-        raise FileNotFoundError(f"{images}/manifest.csv not found: run `dvc repro` for this method's anonymise stage")
-    pair_set = metrics.PairSet(pd.read_csv(pairs / f"{dataset}_test.csv"), PreparedDataset(prepared / dataset))
-    # Verification thresholds are always chosen on real LFW pairs (LFW calibrates itself).
-    calibration = (
-        None
-        if dataset == "lfw"
-        else metrics.PairSet(pd.read_csv(pairs / "lfw_test.csv"), PreparedDataset(prepared / "lfw"))
-    )
+def pair_set(layout: Layout, dataset: str) -> metrics.PairSet:
+    return metrics.PairSet(pd.read_csv(require(layout.test_pairs(dataset), "pairs")),
+                           PreparedDataset(layout.prepared(dataset)))
+
+
+def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> dict:
+    params.method(method)
+    settings = params.evaluate
+    images = layout.outputs(dataset, method)
+    require(images / "manifest.csv", f"anonymise@{method}")
+    pairs = pair_set(layout, dataset)
     inputs = metrics.MetricInputs(
-        pair_set,
+        pairs,
         images=images,
-        cache=Path(settings.get("cache", ".cache/metrics")),
-        calibration=calibration,
-        batch_size=integer(settings.get("batch_size"), "evaluate.batch_size", 1),
+        cache=layout.path(settings.cache),
+        # Verification thresholds are always chosen on real LFW pairs (LFW calibrates itself).
+        calibration=None if dataset == "lfw" else pair_set(layout, "lfw"),
+        batch_size=settings.batch_size,
     )
-    results, per_pair = {}, pd.DataFrame({"pair_id": pair_set.manifest["pair_id"]})
-    for name in names:
+    results, per_pair = {}, pd.DataFrame({"pair_id": pairs.manifest["pair_id"]})
+    for name in settings.metrics:
         try:
-            results[name] = metrics.calc(name, inputs, **options.get(name, {}))
+            results[name] = metrics.calc(name, inputs, **dataclasses.asdict(params.metrics[name]))
         except WeightsUnavailableError as error:
             results[name] = {"metric": name, "error": str(error)}
             print(f"{dataset}/{method}: {name} not computed: {error}")
@@ -85,13 +61,17 @@ def run(
             f"{dataset}/{method}: {name} = {result.get('value')} (n={result.get('n')}, "
             f"skipped {result['n_skipped']}, {result['seconds']} s)"
         )
-    write_table(out_root / dataset / f"{method}.pairs.csv", per_pair)
-    write_json(out_root / dataset / f"{method}.json", results)
+    write_table(layout.pair_results(dataset, method), per_pair)
+    write_json(layout.results(dataset, method), results)
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
-    method_stage("evaluate", run, __doc__, argv, errors=(ParamsError, FileNotFoundError, ValueError))
+def run(params: Params, layout: Layout, method: str) -> dict[str, dict]:
+    return {dataset: run_dataset(params, layout, method, dataset) for dataset in DATASETS}
+
+
+def main(argv: list[str] | None = None, layout: Layout = Layout()) -> None:
+    stage.main(run, "evaluate", __doc__, item="method", argv=argv, layout=layout)
 
 
 if __name__ == "__main__":

@@ -29,12 +29,13 @@ from tqdm import tqdm
 from facedata import datasets
 from facedata.atomic import atomic_path, write_json, write_table
 from facedata.crops import PrepareConfig, prepare_face
+from facedata.errors import DataError
 from facedata.images import ImageError
 from facedata.landmarks import LandmarkDetector
 from facedata.prepared import crop_relpath, mask_relpath
-from pipelines.params import ParamsError, dataset_stage, integer, section
-
-PREPARED = Path("data/prepared")
+from pipelines import stage
+from pipelines.config import Params
+from pipelines.layout import Layout, require
 
 
 @dataclass(frozen=True)
@@ -45,25 +46,11 @@ class Job:
     sha1: str
 
 
-def config_from_params(params: dict) -> tuple[PrepareConfig, int]:
-    settings = dict(section(params, "prepare"))
-    workers = integer(settings.pop("workers", 0), "prepare.workers", 0) or os.cpu_count() or 1
-    try:
-        return PrepareConfig(**settings), workers
-    except TypeError as error:
-        raise ParamsError(f"prepare: {error}") from None
-    except ValueError as error:
-        raise ParamsError(str(error)) from None
-
-
-def protocol_images(dataset: str, source: dict, params: dict) -> dict[str, str]:
+def protocol_images(dataset: str, source: dict, params: Params) -> dict[str, str]:
     """{key: identity} for every photo the protocol uses."""
     if dataset == "celeba":
         identities = datasets.read_identities(Path(source["identity_file"]))
-        minimum = integer(
-            section(params, "data.celeba").get("min_images_per_identity"), "data.celeba.min_images_per_identity", 1
-        )
-        eligible = set(datasets.eligible_identities(identities, minimum))
+        eligible = set(datasets.eligible_identities(identities, params.data.celeba.min_images_per_identity))
         return {key: identity for key, identity in identities.items() if identity in eligible}
     pairs = datasets.parse_pairs(Path(source["pairs_file"]))
     keys = {key for pair in pairs for key in (pair.first, pair.second)}
@@ -132,12 +119,13 @@ def sha1_of(path: Path) -> str:
         return ""
 
 
-def run(dataset: str, params: dict, raw: Path = Path("data/raw"), out_root: Path = PREPARED) -> dict:
+def run(params: Params, layout: Layout, dataset: str) -> dict:
     started = time.perf_counter()
-    config, workers = config_from_params(params)
-    source = json.loads((raw / dataset / "source.json").read_text())
+    config = params.prepare
+    workers = config.workers or os.cpu_count() or 1
+    source = json.loads(require(layout.source(dataset), f"download@{dataset}").read_text())
     images_dir = Path(source["images_dir"])
-    out = out_root / dataset
+    out = layout.prepared(dataset)
     previous = _previous_rows(out, config)
     wanted = protocol_images(dataset, source, params)
 
@@ -195,7 +183,7 @@ def _fail_on_systematic_errors(index: pd.DataFrame, processed: int) -> None:
     """Bad photos get statuses; an unexpected exception on most photos is a bug, and stops the stage."""
     errors = index[index["status"] == "error"]
     if processed and len(errors) > processed / 2:
-        raise RuntimeError(
+        raise DataError(
             f"{len(errors)} of {processed} photos failed with an unexpected error, e.g. "
             f"{errors['key'].iloc[0]}: {errors['detail'].iloc[0]}"
         )
@@ -232,8 +220,8 @@ def _remove_stale_files(out: Path, keep: set[str]) -> None:
                 path.unlink()
 
 
-def main(argv: list[str] | None = None) -> None:
-    dataset_stage("prepare", run, __doc__, argv, errors=(ParamsError, datasets.ProtocolFileError, FileNotFoundError))
+def main(argv: list[str] | None = None, layout: Layout = Layout()) -> None:
+    stage.main(run, "prepare", __doc__, item="dataset", choices=datasets.DATASETS, argv=argv, layout=layout)
 
 
 if __name__ == "__main__":

@@ -12,15 +12,14 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-from pathlib import Path
 
 import yaml
 from ruamel.yaml import YAML
 
 from facedata.atomic import atomic_path
-from pipelines.params import PARAMS_FILE, ParamsError
-
-PROFILES = Path("profiles")
+from facedata.errors import ParamsError
+from pipelines.layout import Layout
+from pipelines.stage import guarded
 
 
 def overlay(base: dict, changes: dict, where: str = "") -> None:
@@ -35,16 +34,21 @@ def overlay(base: dict, changes: dict, where: str = "") -> None:
             base[key] = value
 
 
-def apply(profile: str, params_file: Path = PARAMS_FILE, profiles: Path = PROFILES) -> None:
-    path = profiles / f"{profile}.yaml"
+def changes(profile: str, layout: Layout = Layout()) -> dict:
+    """The values profiles/<profile>.yaml sets, as a nested mapping."""
+    path = layout.root / "profiles" / f"{profile}.yaml"
     if not path.is_file():
-        available = ", ".join(sorted(p.stem for p in profiles.glob("*.yaml"))) or "none"
+        available = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml"))) or "none"
         raise ParamsError(f"no profile {path}; available: {available}")
-    changes = yaml.safe_load(path.read_text()) or {}
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def apply(profile: str, layout: Layout = Layout()) -> None:
+    """Rewrite layout's params.yaml with the profile's values."""
     document = YAML()  # round-trip mode keeps params.yaml's comments and layout
-    params = document.load(params_file.read_text())
-    overlay(params, changes)
-    with atomic_path(params_file) as tmp, open(tmp, "w") as handle:
+    params = document.load(layout.params_file.read_text())
+    overlay(params, changes(profile, layout))
+    with atomic_path(layout.params_file) as tmp, open(tmp, "w") as handle:
         document.dump(params, handle)
 
 
@@ -53,10 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("profile")
     parser.add_argument("--no-repro", action="store_true", help="only rewrite params.yaml")
     args = parser.parse_args(argv)
-    try:
-        apply(args.profile)
-    except ParamsError as error:
-        raise SystemExit(f"profile: {error}") from None
+    guarded("profile", lambda: apply(args.profile))
     print(f"params.yaml now has the {args.profile!r} profile's values (git diff params.yaml shows them)")
     if not args.no_repro:
         sys.exit(subprocess.run([sys.executable, "-m", "dvc", "repro"], check=False).returncode)

@@ -18,20 +18,23 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 import yaml
-from PIL import Image
 
 from facedata.atomic import atomic_path, write_bytes, write_table
+from facedata.errors import MissingInputError
+from facedata.images import read_rgb
 from facedata.prepared import PreparedDataset
-from pipelines.params import ParamsError, integer, run_stage, section
-from pipelines.tables import PAPER_ROWS, table, to_latex, to_markdown
+from pipelines import stage
+from pipelines.config import Params
+from pipelines.layout import Layout
+from pipelines.tables import table, to_latex, to_markdown
 
 TABLES = {"celeba": (1, "Table 1: CelebA test set"), "lfw": (2, "Table 2: LFW (re-id: mean ± std over folds)")}
 
 
-def load_results(results: Path, dataset: str, methods: list[str]) -> dict[str, dict]:
+def load_results(layout: Layout, dataset: str, methods: list[str]) -> dict[str, dict]:
     found = {}
     for method in methods:
-        path = results / dataset / f"{method}.json"
+        path = layout.results(dataset, method)
         if path.is_file():
             found[method] = json.loads(path.read_text())
         else:
@@ -147,11 +150,11 @@ def detection(all_results: dict, paper: dict, target: Path) -> None:
     save_figure(grid.figure, target)
 
 
-def pose_errors(results_root: Path, all_results: dict, target: Path) -> None:
+def pose_errors(layout: Layout, all_results: dict, target: Path) -> None:
     frames = []
     for dataset, results in all_results.items():
         for method in results:
-            path = results_root / dataset / f"{method}.pairs.csv"
+            path = layout.pair_results(dataset, method)
             if path.is_file():
                 per_pair = pd.read_csv(path)
                 if "pose_error" in per_pair:
@@ -198,68 +201,60 @@ def training_curves(live: Path, methods: list[str], target: Path) -> None:
     save_figure(grid.figure, target)
 
 
-def qualitative(dataset: str, methods: list[str], outputs: Path, prepared: Path, pairs: int, target: Path) -> None:
+def qualitative(layout: Layout, dataset: str, methods: list[str], names: dict[str, str], pairs: int,
+                target: Path) -> None:
     """The paper's Figure 3 layout: condition, source, then every method's output for the same pair."""
     manifests = {
-        m: pd.read_csv(outputs / dataset / m / "manifest.csv")
+        m: pd.read_csv(layout.outputs(dataset, m) / "manifest.csv")
         for m in methods
-        if (outputs / dataset / m / "manifest.csv").is_file()
+        if (layout.outputs(dataset, m) / "manifest.csv").is_file()
     }
     if not manifests:
-        raise FileNotFoundError(f"no anonymised outputs under {outputs / dataset}")
+        raise MissingInputError(f"no anonymised outputs under {layout.outputs_root / dataset}")
     shown = list(manifests)
     ready = set.intersection(*(set(f.loc[f["status"] == "ok", "pair_id"]) for f in manifests.values()))
     first = next(iter(manifests.values()))
     rows = first[first["pair_id"].isin(ready)].head(pairs)
-    faces = PreparedDataset(prepared / dataset)
+    faces = PreparedDataset(layout.prepared(dataset))
     columns = ["condition", "source", *shown]
     figure, axes = plt.subplots(len(rows), len(columns), figsize=(1.2 * len(columns), 1.5 * len(rows)), squeeze=False)
     for r, row in enumerate(rows.itertuples()):
         images = [faces.crop(row.condition), faces.crop(row.source)]
-        images += [np.asarray(Image.open(outputs / dataset / m / f"{row.pair_id}.png")) for m in shown]
+        images += [read_rgb(layout.outputs(dataset, m) / f"{row.pair_id}.png") for m in shown]
         for c, image in enumerate(images):
             axes[r, c].imshow(image)
             axes[r, c].set_xticks([])
             axes[r, c].set_yticks([])
             if r == 0:
-                axes[r, c].set_title(PAPER_ROWS.get(columns[c], columns[c]).replace(" ", "\n", 1), fontsize=6)
+                axes[r, c].set_title(names.get(columns[c], columns[c]).replace(" ", "\n", 1), fontsize=6)
     save_figure(figure, target)
 
 
-def run(
-    params: dict,
-    *,
-    results: Path = Path("results"),
-    outputs: Path = Path("outputs"),
-    live: Path = Path("dvclive"),
-    prepared: Path = Path("data/prepared"),
-    paper_file: Path = Path("reports/paper_numbers.yaml"),
-    out: Path = Path("reports"),
-) -> dict[str, pd.DataFrame]:
-    methods = list(section(params, "methods"))
-    grid_pairs = integer(section(params, "report").get("grid_pairs"), "report.grid_pairs", 1)
-    paper = yaml.safe_load(paper_file.read_text())
-    all_results = {dataset: load_results(results, dataset, methods) for dataset in TABLES}
+def run(params: Params, layout: Layout) -> dict[str, pd.DataFrame]:
+    methods = list(params.methods)
+    paper = yaml.safe_load(layout.paper_numbers.read_text())
+    all_results = {dataset: load_results(layout, dataset, methods) for dataset in TABLES}
     tables = {}
     for dataset, (number, caption) in TABLES.items():
-        frame = table(all_results[dataset], paper[dataset], with_std=dataset == "lfw")
-        write_table(out / f"table{number}.csv", frame)
-        write_bytes(out / f"table{number}.md", to_markdown(frame, caption).encode())
-        write_bytes(out / f"table{number}.tex", to_latex(frame, caption).encode())
+        frame = table(all_results[dataset], paper[dataset], paper["rows"], with_std=dataset == "lfw")
+        write_table(layout.reports / f"table{number}.csv", frame)
+        write_bytes(layout.reports / f"table{number}.md", to_markdown(frame, caption).encode())
+        write_bytes(layout.reports / f"table{number}.tex", to_latex(frame, caption).encode())
         tables[dataset] = frame
         print(to_markdown(frame, caption))
-    figures = out / "figures"
+    figures = layout.reports / "figures"
     privacy_utility(all_results, paper, figures / "privacy_utility.png")
     detection(all_results, paper, figures / "detection.png")
-    pose_errors(results, all_results, figures / "pose_error.png")
-    training_curves(live, methods, figures / "training_curves.png")
+    pose_errors(layout, all_results, figures / "pose_error.png")
+    training_curves(layout.live_root, methods, figures / "training_curves.png")
     for dataset in TABLES:
-        qualitative(dataset, methods, outputs, prepared, grid_pairs, figures / f"qualitative_{dataset}.png")
+        qualitative(layout, dataset, methods, paper["rows"], params.report.grid_pairs,
+                    figures / f"qualitative_{dataset}.png")
     return tables
 
 
-def main() -> None:
-    run_stage("report", run, errors=(ParamsError, FileNotFoundError))
+def main(argv: list[str] | None = None, layout: Layout = Layout()) -> None:
+    stage.main(run, "report", __doc__, argv=argv, layout=layout)
 
 
 if __name__ == "__main__":

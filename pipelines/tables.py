@@ -29,16 +29,6 @@ PAPER_COLUMNS = (
     Column("pose_error", "pose", False),
 )
 
-#: Paper rows, in the paper's order, with the paper's names.
-PAPER_ROWS = {
-    "blur": "Blurring",
-    "pixelate": "Pixelation",
-    "ciagan": "CIAGAN",
-    "anonygan-plain-68": "AnonyGAN-(CM,LA) 68 lm",
-    "anonygan-plain-29": "AnonyGAN-(CM,LA) 29 lm",
-    "anonygan-la-68": "AnonyGAN-CM 68 lm",
-    "anonygan-68": "AnonyGAN 68 lm",
-}
 
 
 def _mean_std(value: Any) -> tuple[float | None, float | None]:
@@ -55,8 +45,12 @@ def _mean_std(value: Any) -> tuple[float | None, float | None]:
     return float(value), None
 
 
-def table(results: dict[str, dict[str, dict]], paper: dict[str, dict], with_std: bool) -> pd.DataFrame:
+def table(results: dict[str, dict[str, dict]], paper: dict[str, dict], rows: dict[str, str],
+          with_std: bool) -> pd.DataFrame:
     """One row per method (the paper's rows in its order, then the others as given); numeric columns.
+
+    `paper` holds the paper's numbers per method, `rows` the paper's row names in its order (both
+    from reports/paper_numbers.yaml).
 
     For each metric: `<metric>` (ours), `<metric>_std` (LFW re-id), `<metric>_paper`,
     `<metric>_paper_std`, `<metric>_diff` (ours - paper). Plus `n` (pairs of the test set),
@@ -64,11 +58,11 @@ def table(results: dict[str, dict[str, dict]], paper: dict[str, dict], with_std:
     image; a metric's own protocol skips, like verification's different-person pairs, are
     not counted) and `pose_failures` (images in which dlib found no face).
     """
-    methods = [m for m in PAPER_ROWS if m in results] + [m for m in results if m not in PAPER_ROWS]
-    rows = []
+    methods = [m for m in rows if m in results] + [m for m in results if m not in rows]
+    frame_rows = []
     for method in methods:
         result, reference = results[method], paper.get(method, {})
-        row: dict[str, Any] = {"method": method, "name": PAPER_ROWS.get(method, method)}
+        row: dict[str, Any] = {"method": method, "name": rows.get(method, method)}
         for column in PAPER_COLUMNS:
             ours, ours_std = _mean_std(result.get(column.metric))
             theirs, theirs_std = _mean_std(reference.get(column.metric))
@@ -82,8 +76,8 @@ def table(results: dict[str, dict[str, dict]], paper: dict[str, dict], with_std:
         row["n"] = max((int(r["n"]) + int(r.get("n_skipped", 0)) for r in evaluated), default=0)
         row["n_skipped"] = min((int(r.get("n_skipped", 0)) for r in evaluated), default=0)
         row["pose_failures"] = int(result.get("pose_error", {}).get("n_failed", 0) or 0)
-        rows.append(row)
-    return pd.DataFrame(rows)
+        frame_rows.append(row)
+    return pd.DataFrame(frame_rows)
 
 
 def _missing(value: Any) -> bool:

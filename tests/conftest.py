@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
-import shutil
-import subprocess
-import sys
+import threading
 from pathlib import Path
+from unittest import mock
 
+import numpy as np
+import pandas as pd
 import pytest
+import torch
+from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("ANONYGAN_SHARED_DATA", REPO.parent / "shared" / "data"))
-#: Prepared minis are cached here between test runs; rows are keyed by photo bytes and settings.
-PREPARED_CACHE = REPO / ".cache" / "test-prepared"
+import metrics
+from facedata.datasets import parse_pairs
+from facedata.framing import face_mask
+from facedata.prepared import PreparedDataset
+from metrics import weights
+from tests.helpers import SHARED_DATA, SMALL, FileServer, calibrated, prepare_dataset, register_file, write_prepared
 
 
 def _require(path: Path) -> Path:
@@ -41,150 +48,120 @@ def celeba_wild_root(shared_data) -> Path:
 
 
 @pytest.fixture(scope="session")
+def celeba_protocol_root(shared_data) -> Path:
+    return _require(shared_data / "celeba-protocol")
+
+
+@pytest.fixture(scope="session")
 def lfw_root(shared_data) -> Path:
     return _require(shared_data / "lfw")
-
-
-def repository_copy(destination: Path) -> Path:
-    """A fresh git repository holding the project's tracked and unignored files, committed once."""
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for name in files:
-        if (REPO / name).is_file():
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, destination / name)
-    identity = ["-c", "user.name=tests", "-c", "user.email=tests@localhost"]
-    for command in (["init", "-q"], ["add", "-A"], [*identity, "commit", "-q", "-m", "copy"]):
-        subprocess.run(["git", *command], cwd=destination, check=True, capture_output=True)
-    return destination
-
-
-def dvc(workdir: Path, *args: str) -> str:
-    """Run dvc in `workdir`; a failure shows its whole output."""
-    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    result = subprocess.run(
-        [sys.executable, "-m", "dvc", *args], cwd=workdir, capture_output=True, text=True, env=environment
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
-def default_params(**roots: Path) -> dict:
-    """params.yaml with the given dataset roots (celeba=..., lfw=...)."""
-    from pipelines.params import load
-
-    params = load(REPO / "params.yaml")
-    for dataset, root in roots.items():
-        params["data"][dataset]["root"] = str(root)
-    return params
-
-
-def _prepare(name: str, dataset: str, root: Path, **data_overrides) -> Path:
-    """Run the download (verify) and prepare stages on a local copy; returns data/prepared/<dataset>."""
-    from pipelines import download, prepare
-
-    params = default_params(**{dataset: root})
-    params["data"][dataset].update(data_overrides)
-    work = PREPARED_CACHE / name
-    raw, prepared = work / "raw", work / "prepared"
-    download.RAW = raw  # the stage writes data/raw/<dataset>/source.json under RAW
-    try:
-        download.run(dataset, params)
-    finally:
-        download.RAW = Path("data/raw")
-    prepare.run(dataset, params, raw=raw, out_root=prepared)
-    return prepared / dataset
 
 
 @pytest.fixture(scope="session")
 def prepared_celeba(celeba_aligned_root) -> Path:
     """Prepared aligned CelebA mini (150 photos of 5 identities)."""
-    return _prepare("celeba-aligned", "celeba", celeba_aligned_root)
+    return prepare_dataset("celeba-aligned", "celeba", celeba_aligned_root)
 
 
 @pytest.fixture(scope="session")
 def prepared_celeba_wild(celeba_wild_root) -> Path:
     """Prepared in-the-wild CelebA mini (600 photos of 20 identities)."""
-    return _prepare("celeba-wild", "celeba", celeba_wild_root, variant="wild")
+    return prepare_dataset("celeba-wild", "celeba", celeba_wild_root, variant="wild")
 
 
 @pytest.fixture(scope="session")
 def prepared_lfw(lfw_root) -> Path:
     """Prepared LFW deep-funneled: every image pairs.txt names (7,701 photos)."""
-    return _prepare("lfw", "lfw", lfw_root)
+    return prepare_dataset("lfw", "lfw", lfw_root)
 
 
-class FileServer:
-    """Files served over HTTP on 127.0.0.1, with the failure modes downloads must survive.
+@pytest.fixture(scope="session")
+def lfw(prepared_lfw, lfw_root) -> metrics.PairSet:
+    """LFW's 6,000 pairs.txt pairs in the pair manifest's layout (folds 1..10)."""
+    rows = [{"fold": p.fold + 1, "same": p.same, "first": p.first, "source": p.second}
+            for p in parse_pairs(lfw_root / "pairs.txt")]
+    manifest = pd.DataFrame(rows)
+    manifest.insert(0, "pair_id", range(len(manifest)))
+    return metrics.PairSet(manifest, PreparedDataset(prepared_lfw))
 
-    `files` maps URL paths to bytes or (content type, bytes). `cut_after[path] = n` closes
-    the connection after n bytes on the next request for that path; `fail_next[path] = k`
-    answers the next k requests with 503. Every request's path and Range header is logged.
+
+@pytest.fixture(scope="session")
+def small_prepared(prepared_celeba, tmp_path_factory) -> Path:
+    """8 real faces (2 identities x 4, the first of each) resized to the 64x52 test crop, in the prepared layout.
+
+    Landmarks are rescaled and masks redrawn with facedata's polygon at the small size.
     """
+    full = PreparedDataset(prepared_celeba)
+    ok = full.ok.sort_index()
+    identities = sorted(ok["identity"].unique())[:2]
+    keys = [key for identity in identities
+            for key in ok[ok["identity"] == identity]["key"][:4]]
+    height, width = SMALL
+    faces = []
+    for key in keys:
+        crop = full.crop(key)
+        scale = np.array([width / crop.shape[1], height / crop.shape[0]], dtype=np.float32)
+        landmarks = (full.landmarks(key) + 0.5) * scale - 0.5  # pixel-centre coordinates
+        faces.append({"key": key, "identity": full.identity(key), "landmarks": landmarks,
+                      "crop": np.asarray(Image.fromarray(crop).resize((width, height), Image.Resampling.LANCZOS)),
+                      "mask": face_mask(landmarks, SMALL)})
+    return write_prepared(tmp_path_factory.mktemp("prepared-small"), faces)
 
-    def __init__(self):
-        import http.server
-        import threading
 
-        self.files: dict[str, bytes | tuple[str, bytes]] = {}
-        self.cut_after: dict[str, int] = {}
-        self.fail_next: dict[str, int] = {}
-        self.requests: list[tuple[str, str | None]] = []
-        server = self
+@pytest.fixture
+def hub(tmp_path, monkeypatch) -> Path:
+    """An empty torch hub folder for the test; restored afterwards."""
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    yield tmp_path / "hub" / "checkpoints"
+    torch.hub.set_dir(previous)
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
 
-            def do_GET(self):
-                path = self.path.split("?", 1)[0]
-                server.requests.append((self.path, self.headers.get("Range")))
-                if server.fail_next.get(path, 0) > 0:
-                    server.fail_next[path] -= 1
-                    self.send_error(503)
-                    return
-                entry = server.files.get(path)
-                if entry is None:
-                    self.send_error(404)
-                    return
-                content_type, body = entry if isinstance(entry, tuple) else ("application/octet-stream", entry)
-                start = 0
-                if self.headers.get("Range", "").startswith("bytes="):
-                    start = int(self.headers["Range"][6:].split("-")[0])
-                    if start >= len(body):
-                        self.send_error(416)
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body) - start))
-                self.end_headers()
-                payload = body[start:]
-                cut = server.cut_after.pop(path, None)
-                if cut is not None:
-                    self.wfile.write(payload[:cut])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                self.wfile.write(payload)
+@pytest.fixture
+def server(tmp_path):
+    """(folder, base URL): an HTTP server on 127.0.0.1 serving the folder."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *args: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    thread.join()
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
 
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}{path}"
+@pytest.fixture(scope="session")
+def random_weights(tmp_path_factory) -> dict[str, Path]:
+    """Random state dicts of pytorch-fid's Inception and facenet-pytorch's classifier (calibrated BN)."""
+    from facedata.compat import ensure_torchvision
 
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+    ensure_torchvision()
+    import pytorch_fid.inception
+    import torchvision
+    from facenet_pytorch import InceptionResnetV1
+
+    folder = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    with mock.patch.object(pytorch_fid.inception, "load_state_dict_from_url", lambda *args, **kwargs: None), \
+            mock.patch.object(torchvision.models.Inception3, "load_state_dict", lambda self, state: None):
+        inception = pytorch_fid.inception.fid_inception_v3()
+    paths = {"inception": folder / weights.PRETRAINED["inception"].filename,
+             "facenet": folder / "facenet-random.pt"}
+    torch.save(calibrated(inception, 299).state_dict(), paths["inception"])
+    torch.save(calibrated(InceptionResnetV1(classify=True, num_classes=20), 160).state_dict(), paths["facenet"])
+    return paths
+
+
+@pytest.fixture
+def installed(random_weights, hub, monkeypatch) -> None:
+    """The random weights registered under the real names and placed in the test's hub folder."""
+    hub.mkdir(parents=True)
+    for name, source in (("inception", "inception"), ("facenet_casia", "facenet"), ("facenet_vggface2", "facenet")):
+        target = hub / weights.PRETRAINED[name].filename
+        target.symlink_to(random_weights[source])
+        register_file(monkeypatch, name, target, weights.PRETRAINED[name].url)
 
 
 @pytest.fixture

@@ -11,27 +11,23 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import default_collate
 
 from anonygan import losses
 from anonygan.data import NetworkInputs, PairData, hybrid_batches, landmark_maps
-from anonygan.inference import AnonyGANInference
-from anonygan.model import BipartiteGraphUnit, LandmarkAttention, ModelConfig, build, composite
-from anonygan.training import NonFiniteLossError, TrainConfig, Trainer, load_checkpoint
-from facedata.framing import face_mask
+from anonygan.inference import AnonyGANInference, InferenceConfig
+from anonygan.model import BipartiteGraphUnit, LandmarkAttention, ModelConfig, build, composite, load_checkpoint
+from anonygan.training import Trainer
+from facedata.errors import DataError
 from facedata.landmarks import CIAGAN_29
-from facedata.prepared import PreparedDataset, crop_relpath, mask_relpath
+from facedata.prepared import PreparedDataset
+from facedata.runtime import NonFiniteLossError
+from pipelines import config
 from pipelines import train as train_stage
-from pipelines.params import ParamsError, load
+from pipelines.layout import Layout
+from tests.helpers import SMALL, interrupted_at, pair_manifest, params, params_mapping, tiny_configs
 
-VARIANTS = ("anonygan-plain-68", "anonygan-plain-29", "anonygan-la-68", "anonygan-68")
-PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
-SMALL = (64, 52)  # the tiny test crop: divisible by 4, large enough for the PatchGANs' 6 layers
-
-
-def tiny_configs(method: str = "anonygan-68", **overrides) -> tuple[ModelConfig, TrainConfig]:
-    return train_stage.configs(train_stage.overridden(load(PARAMS), train_stage.TINY_OVERRIDES | overrides), method)
+VARIANTS = tuple(params().variants)
 
 
 def random_inputs(config: ModelConfig, batch: int, size: tuple[int, int], seed: int = 0):
@@ -58,13 +54,19 @@ def test_full_generator_has_the_papers_28_4_million_parameters():
     assert parameter_count(d_lm) - parameter_count(d_app) == (68 - 3) * 64 * 4 * 4
 
 
-@pytest.mark.parametrize("method", VARIANTS)
-def test_variant_settings_come_from_params(method):
-    model, train = train_stage.configs(load(PARAMS), method)
-    expected = {"anonygan-plain-68": (68, False, False), "anonygan-plain-29": (29, False, False),
-                "anonygan-la-68": (68, True, False), "anonygan-68": (68, True, True)}[method]
-    assert (model.landmarks, model.landmark_attention, train.context_matching) == expected
+def test_variants_are_the_papers_ablation_rows_and_override_model_and_train_settings():
+    variants = params()
+    rows = {name: (model.landmarks, model.landmark_attention, train.context_matching)
+            for name in variants.variants for model, train in [variants.variant(name)]}
+    assert rows == {"anonygan-plain-68": (68, False, False), "anonygan-plain-29": (29, False, False),
+                    "anonygan-la-68": (68, True, False), "anonygan-68": (68, True, True)}
+    model, train = variants.variant("anonygan-plain-29")
     assert (model.base_channels, model.graph_blocks, train.batch_size, train.epochs) == (64, 6, 32, 700)
+    # A fifth variant is one entry, and may change any model or train setting.
+    mapping = params_mapping()
+    mapping["variants"]["anonygan-68-j5"] = {"attention_kernel": 5, "wfm_samples": "all"}
+    model, train = config.from_mapping(mapping).variant("anonygan-68-j5")
+    assert (model.attention_kernel, train.wfm_samples, model.landmarks, train.context_matching) == (5, "all", 68, True)
 
 
 @pytest.mark.slow
@@ -217,53 +219,6 @@ def test_one_training_step_gives_every_parameter_of_all_three_networks_a_gradien
 
 # -- training on real faces -------------------------------------------------------------
 
-FACES_PER_IDENTITY = 4
-
-
-@pytest.fixture(scope="module")
-def small_prepared(prepared_celeba, tmp_path_factory) -> Path:
-    """8 real faces (2 identities x 4) resized to the 64x52 test crop, in the prepared layout.
-
-    Landmarks are rescaled and masks redrawn with facedata's polygon at the small size.
-    """
-    full = PreparedDataset(prepared_celeba)
-    ok = full.ok.sort_index()
-    identities = sorted(ok["identity"].unique())[:2]
-    keys = [key for identity in identities
-            for key in ok[ok["identity"] == identity]["key"][:FACES_PER_IDENTITY]]
-    root = tmp_path_factory.mktemp("prepared-small")
-    height, width = SMALL
-    rows = []
-    for key in keys:
-        crop = full.crop(key)
-        scale = np.array([width / crop.shape[1], height / crop.shape[0]], dtype=np.float32)
-        landmarks = (full.landmarks(key) + 0.5) * scale - 0.5  # pixel-centre coordinates
-        for relpath, image in ((crop_relpath(key), Image.fromarray(crop).resize((width, height),
-                                                                              Image.Resampling.LANCZOS)),
-                               (mask_relpath(key), Image.fromarray(face_mask(landmarks, SMALL)).convert("L"))):
-            (root / relpath).parent.mkdir(parents=True, exist_ok=True)
-            image.save(root / relpath)
-        row = full.index.loc[key].copy()
-        row["landmarks"] = landmarks.ravel().tolist()
-        rows.append(row)
-    pd.DataFrame(rows).to_parquet(root / "index.parquet", index=False)
-    return root
-
-
-def pair_manifest(prepared: Path) -> pd.DataFrame:
-    """Each face with itself, and with the next face of its identity (the authors' pairing)."""
-    index = PreparedDataset(prepared).ok
-    rows = []
-    for _, faces in index.groupby("identity"):
-        keys = list(faces["key"])
-        rows += [(key, key, True) for key in keys]
-        rows += [(key, keys[(i + 1) % len(keys)], False) for i, key in enumerate(keys)]
-    frame = pd.DataFrame(rows, columns=["source", "condition", "same_image"])
-    identity = index["identity"]  # indexed by key
-    frame["source_identity"] = frame["source"].map(identity)
-    frame["condition_identity"] = frame["condition"].map(identity)
-    frame.insert(0, "pair_id", range(len(frame)))
-    return frame
 
 
 @pytest.fixture(scope="module")
@@ -292,23 +247,11 @@ def test_learning_rate_is_constant_then_falls_linearly_to_zero_after_the_last_ep
     assert np.allclose(np.diff(factors[499:]), -1 / 201) and factors[-1] == pytest.approx(1 / 201)
 
 
-def test_configs_report_bad_params_by_name():
-    params = load()
-    with pytest.raises(ParamsError, match="unknown method 'anonygan-99'"):
-        train_stage.configs(params, "anonygan-99")
-    with pytest.raises(ParamsError, match="model.output_blend"):
-        train_stage.configs(train_stage.overridden(params, {"model.output_blend": "paper"}), "anonygan-68")
-    with pytest.raises(ParamsError, match="unexpected keyword argument 'lr'"):
-        train_stage.configs(train_stage.overridden(params, {"train.lr": 1.0}), "anonygan-68")
-    with pytest.raises(ParamsError, match="variants.anonygan-68 must set exactly"):
-        train_stage.configs(train_stage.overridden(params, {"variants.anonygan-68.extra": 1}), "anonygan-68")
-
-
 @pytest.mark.realdata
 def test_pair_data_names_faces_that_were_not_prepared(small_prepared):
     manifest = pair_manifest(small_prepared)
     manifest.loc[0, "condition"] = "999999.jpg"
-    with pytest.raises(ValueError, match=r"1 pair keys are not prepared.*999999\.jpg"):
+    with pytest.raises(DataError, match=r"1 pair keys are not prepared.*999999\.jpg"):
         PairData(PreparedDataset(small_prepared), manifest)
 
 
@@ -334,7 +277,7 @@ def test_tiny_configuration_overfits_eight_real_faces(small_pairs, tmp_path):
 
 def final_state(path: Path) -> dict:
     state = load_checkpoint(path)
-    return {key: state[key] for key in ("epoch", "networks", "optimizers", "schedulers")}
+    return {key: state[key] for key in ("epoch", "modules")}
 
 
 def assert_same(a, b, where="checkpoint"):
@@ -370,18 +313,12 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(trained, small
     model, config, uninterrupted = trained
     monkeypatch.chdir(tmp_path)  # DVCLive looks for a DVC repository from the working directory
     checkpoint, live = tmp_path / "model" / "checkpoint.pt", tmp_path / "dvclive"
-    train_epoch = Trainer.train_epoch
-
-    def interrupted(self, progress):
-        if self.epoch == 2:
-            raise KeyboardInterrupt
-        return train_epoch(self, progress)
-
-    monkeypatch.setattr(Trainer, "train_epoch", interrupted)
+    original = Trainer.train_epoch
+    monkeypatch.setattr(Trainer, "train_epoch", interrupted_at(Trainer, 2))
     with pytest.raises(KeyboardInterrupt):
         Trainer(model, config, small_pairs, checkpoint, live_dir=live).fit()
     assert load_checkpoint(checkpoint)["epoch"] == 2
-    monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
+    monkeypatch.setattr(Trainer, "train_epoch", original)
     resumed = Trainer(model, config, small_pairs, checkpoint, live_dir=live)
     resumed.fit()
 
@@ -428,8 +365,8 @@ def test_checkpoint_round_trip_through_the_inference_api(trained, small_pairs):
     assert raw.dtype == np.uint8 and raw.shape == (3, *SMALL, 3)
     assert np.array_equal(raw, expected)
 
-    composited = AnonyGANInference.from_checkpoint(checkpoint, device="cpu",
-                                                   test_output="composited").anonymise(*args)
+    composited = AnonyGANInference.from_checkpoint(checkpoint, InferenceConfig(output="composited"),
+                                                   device="cpu").anonymise(*args)
     outside = ~arrays["mask"]
     assert np.array_equal(composited[outside], arrays["source"][outside])
     assert np.array_equal(composited[arrays["mask"]], raw[arrays["mask"]])
@@ -444,7 +381,7 @@ def test_checkpoint_round_trip_through_the_inference_api(trained, small_pairs):
         broken.anonymise(*args)
     not_a_checkpoint = checkpoint.with_name("notes.pt")
     not_a_checkpoint.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a readable AnonyGAN checkpoint"):
+    with pytest.raises(DataError, match="notes.pt is not a readable anonygan checkpoint"):
         AnonyGANInference.from_checkpoint(not_a_checkpoint)
 
 
@@ -462,13 +399,16 @@ def test_a_non_finite_loss_stops_training_with_a_clear_error(small_pairs, tmp_pa
 @pytest.mark.realdata
 @pytest.mark.parametrize("method", VARIANTS)
 def test_stage_trains_each_variant_from_a_pair_manifest(method, small_prepared, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    manifest = tmp_path / "celeba_train.csv"
-    pair_manifest(small_prepared).to_csv(manifest, index=False)
-    params = train_stage.overridden(load(PARAMS), train_stage.TINY_OVERRIDES)
-    checkpoint = train_stage.run(method, params, pairs=manifest, prepared=small_prepared,
-                                 models=tmp_path / "models", dvclive=tmp_path / "dvclive")
+    monkeypatch.chdir(tmp_path)  # DVCLive looks for a DVC repository from the working directory
+    layout = Layout(tmp_path)
+    layout.train_pairs.parent.mkdir(parents=True)
+    pair_manifest(small_prepared).to_csv(layout.train_pairs, index=False)
+    layout.prepared("celeba").parent.mkdir(parents=True)
+    layout.prepared("celeba").symlink_to(small_prepared)
+    checkpoint = train_stage.run(params("small"), layout, method)
     assert checkpoint == tmp_path / "models" / method / "checkpoint.pt"
     state = load_checkpoint(checkpoint)
-    assert state["epoch"] == 1 and state["model_config"]["landmarks"] == int(method[-2:])
+    model, _ = params().variant(method)
+    assert state["epoch"] == 1 and state["model_config"]["landmarks"] == model.landmarks
+    assert state["model_config"]["landmark_attention"] == model.landmark_attention
     assert (tmp_path / "dvclive" / method / "metrics.json").is_file()

@@ -8,16 +8,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from baselines import RunContext, create
 from baselines.ciagan import Ciagan, CiaganConfig, CiaganTrainer, Discriminator, Generator, Siamese, TrainingConfig
+from baselines.ciagan.anonymiser import CiaganInferenceConfig
 from baselines.ciagan.frame import landmark_image, network_inputs, random_boxes, to_crop, to_network
-from baselines.ciagan.training import PairBatches
+from baselines.ciagan.model import load_checkpoint
+from baselines.ciagan.training import FaceSet, pair_batches, training_faces
+from facedata.config import load as load_settings
+from facedata.errors import MissingInputError, ParamsError
 from facedata.prepared import PreparedDataset
-from pipelines.params import ParamsError, load
-from pipelines.train_ciagan import configs_from_params, train
-from tests.conftest import REPO
-from tests.test_baselines import make_batch
+from facedata.runtime import NonFiniteLossError
+from pipelines import config
+from pipelines import train_ciagan as train_stage
+from pipelines.layout import Layout
+from tests.helpers import interrupted_at, make_batch, params, params_mapping
 
 #: Small enough for a CPU test, same code as the paper-scale networks (depth follows image_size).
 TINY = {"image_size": 32, "generator_width": 8, "identity_width": 16, "discriminator_width": 8,
@@ -66,8 +72,8 @@ def test_default_networks_have_the_authors_shapes():
 
 @pytest.mark.parametrize("size", [4, 48, 100])
 def test_image_size_must_be_a_power_of_two(size):
-    with pytest.raises(ValueError, match="power of two"):
-        CiaganConfig(image_size=size)
+    with pytest.raises(ParamsError, match="ciagan.model.image_size must be a power of two >= 8"):
+        load_settings(CiaganConfig, {"image_size": size}, "ciagan.model")
 
 
 def test_landmark_drawing_is_three_polylines():
@@ -105,14 +111,14 @@ def test_training_boxes_span_the_configured_share():
     assert (boxes[:, 0] < 0.5).all() and (boxes[:, 2] > 0.5).all()
 
 
-def test_pair_batches_mix_random_and_same_identity_pairs():
+def test_pair_batches_mix_random_and_same_identity_pairs_and_depend_on_seed_and_epoch():
     labels = [i // 10 for i in range(50)]
-    batches = iter(PairBatches(labels, 8, seed=3))
-    for _ in range(20):
-        indices = next(batches)
+    batches = pair_batches(labels, 8, 20, seed=3, epoch=0)
+    for indices in batches:
         firsts, seconds = np.array(labels)[indices[:8]], np.array(labels)[indices[8:]]
         assert (firsts == seconds).sum() >= 4
-    assert next(iter(PairBatches(labels, 8, seed=3))) == next(iter(PairBatches(labels, 8, seed=3)))
+    assert batches == pair_batches(labels, 8, 20, seed=3, epoch=0)
+    assert batches != pair_batches(labels, 8, 20, seed=3, epoch=1)
 
 
 @pytest.mark.realdata
@@ -154,19 +160,20 @@ def test_different_target_identities_give_different_faces(faces):
 @pytest.mark.realdata
 def test_checkpoint_loads_through_the_registry(faces, tmp_path):
     batch, _, _, identities = faces
-    trainer = CiaganTrainer(CiaganConfig(identities=len(identities), **TINY), TrainingConfig(batch_size=8))
     checkpoint = tmp_path / "ciagan" / "checkpoint.pt"
-    checkpoint.parent.mkdir()
-    torch.save(trainer.checkpoint(identities, iteration=0), checkpoint)
+    trainer = CiaganTrainer(CiaganConfig(identities=len(identities), **TINY), TrainingConfig(batch_size=8),
+                            checkpoint=checkpoint, identities=identities)
+    trainer.save()
     order = tuple(dict.fromkeys(batch.source_identity))
-    anonymiser = create("ciagan", RunContext(method="ciagan", dataset="celeba", identities=order, models=tmp_path,
-                                             device="cpu"))
+    context = RunContext(method="ciagan", dataset="celeba", identities=order, checkpoint=checkpoint, device="cpu")
+    anonymiser = create("ciagan", CiaganInferenceConfig(), context)
     direct = Ciagan(trainer.generator, order, device="cpu")
     assert np.array_equal(anonymiser.anonymise(batch), direct.anonymise(batch))
     with pytest.raises(ValueError, match="identity order"):
-        create("ciagan", RunContext(method="ciagan", dataset="celeba", models=tmp_path))
-    with pytest.raises(FileNotFoundError, match="train@ciagan"):
-        create("ciagan", RunContext(method="ciagan", dataset="celeba", identities=order, models=tmp_path / "none"))
+        create("ciagan", CiaganInferenceConfig(), RunContext(method="ciagan", dataset="celeba", checkpoint=checkpoint))
+    with pytest.raises(MissingInputError, match="train-ciagan"):
+        create("ciagan", CiaganInferenceConfig(), RunContext(method="ciagan", dataset="celeba", identities=order,
+                                                             checkpoint=tmp_path / "none.pt"))
 
 
 def test_authors_weights_load_by_position(tmp_path):
@@ -189,17 +196,6 @@ def test_authors_weights_load_by_position(tmp_path):
     first = next(iter(authors))
     with pytest.raises(ValueError, match=f"authors' {first}"):
         target.load_authors_weights({**authors, first: torch.zeros(3)})
-
-
-class RecordingLog:
-    def __init__(self):
-        self.losses_at, self.images = [], {}
-
-    def losses(self, iteration, losses):
-        self.losses_at.append((iteration, dict(losses)))
-
-    def samples(self, name, grid):
-        self.images[name] = grid
 
 
 def authors_generator_keys() -> list[str]:
@@ -233,44 +229,97 @@ def test_the_authors_key_layout_maps_onto_ours():
     generator.load_authors_weights(dict(zip(theirs, ours.values(), strict=True)))  # kinds checked in order
 
 
-def tiny_params(**overrides) -> dict:
-    params = load(REPO / "params.yaml")
-    params["ciagan"].update({**TINY, "epochs": 2, "batch_size": 4, "workers": 0, "log_every": 1, **overrides})
-    return params
+def tiny_mapping(**train) -> dict:
+    """params.yaml with the small profile's CIAGAN and the given training settings."""
+    mapping = params_mapping("small")
+    mapping["ciagan"]["train"].update(train)
+    return mapping
 
 
 def test_params_are_validated():
-    with pytest.raises(ParamsError, match="unknown setting.*colour"):
-        configs_from_params(tiny_params(colour=1), 5)
-    with pytest.raises(ParamsError, match="ciagan.batch_size must be an integer"):
-        configs_from_params(tiny_params(batch_size=2.5), 5)
-    with pytest.raises(ParamsError, match="even number"):
-        configs_from_params(tiny_params(batch_size=3), 5)
-    config, training = configs_from_params(load(REPO / "params.yaml"), 1200)
+    for key, value, message in (("colour", 1, "ciagan.train.colour is not a setting"),
+                                ("batch_size", 2.5, "ciagan.train.batch_size must be an integer"),
+                                ("batch_size", 3, "ciagan.train.batch_size must be even"),
+                                ("augment_crop", [0.8, 0.5], "ciagan.train.augment_crop must be .low, high.")):
+        with pytest.raises(ParamsError, match=message):
+            config.from_mapping(tiny_mapping(**{key: value}))
+    settings = params().ciagan
     # params.yaml holds the authors' settings; only the loader's process count is a machine choice.
-    assert config == CiaganConfig() and replace(training, workers=0) == TrainingConfig(workers=0)
+    assert settings.model == CiaganConfig() and replace(settings.train, workers=0) == TrainingConfig(workers=0)
 
 
-@pytest.mark.realdata
-def test_stage_trains_from_params(prepared_celeba, tmp_path):
-    prepared = PreparedDataset(prepared_celeba)
-    ok = prepared.ok
-    train_identities = ok["identity"].unique()[:3]
-    rows = ok[ok["identity"].isin(train_identities)]
+@pytest.fixture(scope="module")
+def training_layout(prepared_celeba, tmp_path_factory) -> Layout:
+    """A pipeline layout whose training pairs name 3 identities (90 photos) of the aligned mini."""
+    layout = Layout(tmp_path_factory.mktemp("ciagan-stage"))
+    ok = PreparedDataset(prepared_celeba).ok
+    rows = ok[ok["identity"].isin(ok["identity"].unique()[:3])]
     manifest = pd.DataFrame({"pair_id": range(len(rows)), "source": rows["key"].to_numpy(),
                              "condition": rows["key"].to_numpy(), "source_identity": rows["identity"].to_numpy(),
                              "condition_identity": rows["identity"].to_numpy(), "same_image": True})
-    manifest.to_csv(tmp_path / "celeba_train.csv", index=False)
-    checkpoint = tmp_path / "models" / "ciagan" / "checkpoint.pt"
-    log = RecordingLog()
-    train(tiny_params(sample_every=2), tmp_path / "celeba_train.csv", prepared_celeba, checkpoint, log)
-    state = torch.load(checkpoint, weights_only=True)
-    # 90 photos / (4 pairs x 6 batches per iteration) = 3 iterations per epoch, 2 epochs.
-    assert state["iteration"] == 6 and [iteration for iteration, _ in log.losses_at] == [1, 2, 3, 4, 5, 6]
-    assert set(log.losses_at[0][1]) >= {"siamese", "discriminator", "generator_gan", "generator_identity"}
-    assert state["identities"] == list(dict.fromkeys(manifest["source_identity"].astype(str)))  # manifest order
-    assert state["config"]["identities"] == 3 and state["config"]["image_size"] == 32
-    # Samples after epoch 2 (sample_every) and at the end, which coincide: one image per identity, two rows.
-    assert list(log.images) == ["epoch-0002.png"] and log.images["epoch-0002.png"].size == (3 * 180, 2 * 220)
-    anonymiser = Ciagan.from_checkpoint(checkpoint, state["identities"], device="cpu")
-    assert anonymiser.generator.config == CiaganConfig(identities=3, **TINY)
+    layout.train_pairs.parent.mkdir(parents=True)
+    manifest.to_csv(layout.train_pairs, index=False)
+    layout.prepared("celeba").parent.mkdir(parents=True)
+    layout.prepared("celeba").symlink_to(prepared_celeba)
+    return layout
+
+
+@pytest.mark.realdata
+def test_stage_trains_from_params(training_layout, monkeypatch):
+    monkeypatch.chdir(training_layout.root)  # DVCLive looks for a DVC repository from the working directory
+    checkpoint = train_stage.run(config.from_mapping(tiny_mapping(epochs=2, sample_every=2)), training_layout)
+    state = load_checkpoint(checkpoint)
+    manifest = pd.read_csv(training_layout.train_pairs)
+    assert state["epoch"] == 2
+    assert state["data"]["identities"] == list(dict.fromkeys(manifest["source_identity"].astype(str)))
+    small = config.from_mapping(tiny_mapping()).ciagan.model
+    assert state["model_config"] == {**vars(small), "identities": 3} and small.image_size == 32
+    live = training_layout.live("ciagan")
+    # 90 photos / (4 pairs x 6 batches per iteration) = 3 iterations per epoch; losses logged per epoch.
+    logged = pd.read_csv(live / "plots" / "metrics" / "train" / "generator_gan.tsv", sep="\t")
+    assert list(logged["step"]) == [1, 2]
+    # Samples after epoch 2 (sample_every): one image per identity, two rows.
+    samples = sorted((live / "plots" / "images" / "samples").iterdir())
+    assert [p.name for p in samples] == ["epoch-0002.png"]
+    with Image.open(samples[0]) as grid:
+        assert grid.size == (3 * 180, 2 * 220)
+    anonymiser = Ciagan.from_checkpoint(checkpoint, state["data"]["identities"], device="cpu")
+    assert anonymiser.generator.config == replace(small, identities=3)
+
+
+def ciagan_trainer(layout: Layout, checkpoint, epochs: int = 2) -> CiaganTrainer:
+    pairs = pd.read_csv(layout.train_pairs, dtype={"source_identity": str})
+    identities, keys, labels = training_faces(pairs, PreparedDataset(layout.prepared("celeba")))
+    training = TrainingConfig(epochs=epochs, batch_size=4, checkpoint_every=1, workers=0)
+    return CiaganTrainer(CiaganConfig(identities=len(identities), **TINY), training,
+                         FaceSet(layout.prepared("celeba"), keys, labels), checkpoint, identities=identities)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_interrupted_and_resumed_training_equals_the_uninterrupted_one(training_layout, tmp_path, monkeypatch):
+    uninterrupted = ciagan_trainer(training_layout, tmp_path / "a.pt")
+    uninterrupted.fit()
+    original = CiaganTrainer.train_epoch
+    monkeypatch.setattr(CiaganTrainer, "train_epoch", interrupted_at(CiaganTrainer, 1))
+    with pytest.raises(KeyboardInterrupt):
+        ciagan_trainer(training_layout, tmp_path / "b.pt").fit()
+    assert load_checkpoint(tmp_path / "b.pt")["epoch"] == 1
+    monkeypatch.setattr(CiaganTrainer, "train_epoch", original)
+    ciagan_trainer(training_layout, tmp_path / "b.pt").fit()
+    a, b = load_checkpoint(tmp_path / "a.pt"), load_checkpoint(tmp_path / "b.pt")
+    assert a["epoch"] == b["epoch"] == 2
+    for name, state in a["modules"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, b["modules"][name][key]), f"{name}.{key}"
+
+
+@pytest.mark.realdata
+def test_a_non_finite_loss_stops_training_naming_it(training_layout, tmp_path):
+    trainer = ciagan_trainer(training_layout, tmp_path / "checkpoint.pt")
+    with torch.no_grad():
+        trainer.siamese.head[-1].weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match=r"siamese = nan at epoch 1, step 1"):
+        trainer.fit()
+    assert not (tmp_path / "checkpoint.pt").exists()

@@ -7,12 +7,12 @@ import pytest
 from scipy.ndimage import gaussian_filter1d
 
 from baselines import RunContext, create
-from baselines.classic import Blur, Pixelate, blur_inside, opencv_sigma, pixelate_inside
+from baselines.classic import Blur, BlurConfig, Pixelate, PixelateConfig, blur_inside, opencv_sigma, pixelate_inside
+from facedata.errors import ParamsError
 from facedata.framing import face_mask
 from facedata.prepared import PreparedDataset
-from pipelines.params import ParamsError, load
-from tests.conftest import REPO
-from tests.test_baselines import make_batch
+from pipelines import config
+from tests.helpers import make_batch, params, params_mapping
 
 
 def random_faces(n: int = 3, size: tuple[int, int] = (220, 180), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -89,11 +89,13 @@ def test_kernel_larger_than_the_image_is_refused():
 
 
 def test_settings_come_from_params():
-    params = load(REPO / "params.yaml")
-    params["baselines"]["blur"]["kernel_size"] = 31
-    params["baselines"]["pixelate"]["cells"] = 4
-    blur = create("blur", RunContext(method="blur", dataset="celeba", params=params))
-    pixelate = create("pixelate", RunContext(method="pixelate", dataset="celeba", params=params))
+    mapping = params_mapping()
+    mapping["anonymisers"]["blur"]["kernel_size"] = 31
+    mapping["anonymisers"]["pixelate"]["cells"] = 4
+    settings = config.from_mapping(mapping)
+    blur = create("blur", settings.anonymiser_settings("blur"), RunContext(method="blur", dataset="celeba"))
+    pixelate = create("pixelate", settings.anonymiser_settings("pixelate"),
+                      RunContext(method="pixelate", dataset="celeba"))
     assert isinstance(blur, Blur) and blur.kernel_size == 31 and blur.sigma == pytest.approx(opencv_sigma(31))
     assert isinstance(pixelate, Pixelate) and pixelate.cells == 4
 
@@ -104,14 +106,15 @@ def test_settings_come_from_params():
 
 
 def test_paper_defaults_and_bad_params():
-    params = load(REPO / "params.yaml")
-    assert params["baselines"]["blur"]["kernel_size"] == 101 and params["baselines"]["pixelate"]["cells"] == 10
-    params["baselines"]["blur"]["kernel_size"] = 100
-    with pytest.raises(ParamsError, match="baselines.blur.kernel_size must be odd"):
-        create("blur", RunContext(method="blur", dataset="celeba", params=params))
-    params["baselines"]["pixelate"]["cells"] = 0
-    with pytest.raises(ParamsError, match="baselines.pixelate.cells"):
-        create("pixelate", RunContext(method="pixelate", dataset="celeba", params=params))
+    settings = params()
+    assert settings.anonymisers["blur"] == BlurConfig() and BlurConfig().kernel_size == 101
+    assert settings.anonymisers["pixelate"] == PixelateConfig() and PixelateConfig().cells == 10
+    for section, key, value, message in (("blur", "kernel_size", 100, "anonymisers.blur.kernel_size must be odd"),
+                                         ("pixelate", "cells", 0, "anonymisers.pixelate.cells must be >= 1")):
+        mapping = params_mapping()
+        mapping["anonymisers"][section][key] = value
+        with pytest.raises(ParamsError, match=message):
+            config.from_mapping(mapping)
 
 
 @pytest.mark.realdata

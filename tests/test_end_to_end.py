@@ -17,23 +17,23 @@ import yaml
 from PIL import Image
 
 from pipelines.profile import apply
-from tests.conftest import dvc, repository_copy
+from tests.helpers import dvc, repository_copy
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 METHODS = ["original", "blur", "pixelate", "ciagan", "anonygan-plain-68", "anonygan-plain-29", "anonygan-la-68",
            "anonygan-68"]
 
 
-def set_params(workdir, change) -> None:
-    params = yaml.safe_load((workdir / "params.yaml").read_text())
+def set_params(layout, change) -> None:
+    params = yaml.safe_load(layout.params_file.read_text())
     change(params)
-    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    layout.params_file.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory, celeba_aligned_root, lfw_root, prepared_lfw):
     workdir = repository_copy(tmp_path_factory.mktemp("e2e") / "repo")
-    apply("small", params_file=workdir / "params.yaml", profiles=workdir / "profiles")
+    apply("small", workdir)
 
     def roots(params):  # wherever ../shared/data is on this machine
         params["data"]["celeba"]["root"] = str(celeba_aligned_root)
@@ -41,8 +41,8 @@ def small_run(tmp_path_factory, celeba_aligned_root, lfw_root, prepared_lfw):
 
     set_params(workdir, roots)
     # LFW's prepared photos (same prepare settings) come from the test cache: the stage reuses them.
-    (workdir / "data/prepared").mkdir(parents=True)
-    shutil.copytree(prepared_lfw, workdir / "data/prepared/lfw", copy_function=os.link)
+    workdir.prepared("lfw").parent.mkdir(parents=True)
+    shutil.copytree(prepared_lfw, workdir.prepared("lfw"), copy_function=os.link)
     started = time.perf_counter()
     log = dvc(workdir, "repro")
     print(f"small profile: dvc repro took {time.perf_counter() - started:.0f} s")
@@ -50,7 +50,7 @@ def small_run(tmp_path_factory, celeba_aligned_root, lfw_root, prepared_lfw):
 
 
 def tables(workdir) -> dict[str, pd.DataFrame]:
-    return {dataset: pd.read_csv(workdir / f"reports/table{number}.csv").set_index("method")
+    return {dataset: pd.read_csv(workdir.reports / f"table{number}.csv").set_index("method")
             for dataset, number in (("celeba", 1), ("lfw", 2))}
 
 
@@ -88,7 +88,7 @@ def test_uncomputable_metrics_are_absent_not_invented(small_run):
     workdir, _ = small_run
     for dataset, frame in tables(workdir).items():
         assert frame["fid"].isna().all() and frame["reid_facenet_casia"].isna().all(), dataset
-    markdown = (workdir / "reports/table1.md").read_text()
+    markdown = (workdir.reports / "table1.md").read_text()
     assert "| Blurring | - (95.13) |" in markdown
 
 
@@ -96,7 +96,7 @@ def test_figures_are_written(small_run):
     workdir, _ = small_run
     for name in ("privacy_utility", "detection", "pose_error", "training_curves", "qualitative_celeba",
                  "qualitative_lfw"):
-        with Image.open(workdir / f"reports/figures/{name}.png") as figure:
+        with Image.open(workdir.reports / "figures" / f"{name}.png") as figure:
             assert figure.format == "PNG" and min(figure.size) > 100, name
 
 
@@ -104,16 +104,16 @@ def test_a_third_party_folder_becomes_an_extra_row(small_run):
     """Bring your own method: images named <pair_id>.png, one methods entry, one dvc repro."""
     workdir, _ = small_run
     for dataset in ("celeba", "lfw"):
-        target = workdir / "third_party/mirror" / dataset
+        target = workdir.root / "third_party/mirror" / dataset
         target.mkdir(parents=True)
-        manifest = pd.read_csv(workdir / f"outputs/{dataset}/original/manifest.csv")
+        manifest = pd.read_csv(workdir.outputs(dataset, "original") / "manifest.csv")
         for pair_id in manifest.loc[manifest["status"] == "ok", "pair_id"]:
-            original = Image.open(workdir / f"outputs/{dataset}/original/{pair_id}.png")
+            original = Image.open(workdir.outputs(dataset, "original") / f"{pair_id}.png")
             original.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(target / f"{pair_id}.png")
 
     def add_method(params):
         params["methods"]["mirror"] = {"anonymiser": "folder", "root": "third_party/mirror",
-                                       "depends": "third_party/mirror", "params": "anonymise"}
+                                       "depends": "third_party/mirror", "params": "anonymisers.folder"}
 
     set_params(workdir, add_method)
     log = dvc(workdir, "repro")

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from facedata.fetch import ChecksumError, DownloadError, Remote, UnsafeArchiveError, extract, fetch
+from pipelines.config import from_mapping
+from pipelines.layout import Layout
 
 PAYLOAD = os.urandom(3 * (1 << 20) + 12345)  # several chunks, not a multiple of the chunk size
 
@@ -192,28 +194,24 @@ def test_download_stage_fetches_extracts_and_verifies_lfw(file_server, tmp_path,
         "deepfunneled",
         Remote("lfw-deepfunneled.tgz", file_server.url("/lfw-deepfunneled.tgz"), sha256(archive)),
     )
-    monkeypatch.setattr(download, "RAW", tmp_path / "raw")
-    params = {"data": {"lfw": {"root": None, "variant": "deepfunneled"}}, "download": {"retries": 2, "timeout_s": 5}}
-    report = download.run("lfw", params)
+    settings = from_mapping({"data": {"lfw": {"root": None}}, "download": {"retries": 2, "timeout_s": 5}})
+    layout = Layout(tmp_path)
+    report = download.run(settings, layout, "lfw")
     assert report["n_images"] == 3 and report["n_pairs"] == 2 and report["n_pair_images_missing"] == 0
     assert report["local_copy"] is False and report["pairs_file_official"] is True  # against the patched remote
-    assert (tmp_path / "raw/lfw/lfw-deepfunneled/Bob/Bob_0001.jpg").is_file()
-    assert (tmp_path / "raw/lfw/source.json").is_file()
+    assert (layout.raw("lfw") / "lfw-deepfunneled/Bob/Bob_0001.jpg").is_file()
+    assert layout.source("lfw").is_file()
 
 
 @pytest.mark.realdata
 def test_download_stage_verifies_a_local_copy_without_copying(lfw_root, tmp_path, monkeypatch):
     from pipelines import download
 
-    monkeypatch.setattr(download, "RAW", tmp_path / "raw")
-    params = {
-        "data": {"lfw": {"root": str(lfw_root), "variant": "deepfunneled"}},
-        "download": {"retries": 0, "timeout_s": 5},
-    }
-    report = download.run("lfw", params)
+    layout = Layout(tmp_path)
+    report = download.run(from_mapping({"data": {"lfw": {"root": str(lfw_root)}}}), layout, "lfw")
     assert report["local_copy"] is True and report["pairs_file_official"] is True
     assert report["n_pairs"] == 6000 and report["n_images"] == 7701 and report["n_pair_images_missing"] == 0
-    assert sorted(p.name for p in (tmp_path / "raw/lfw").iterdir()) == ["source.json"]
+    assert sorted(p.name for p in layout.raw("lfw").iterdir()) == ["source.json"]
 
 
 def test_local_copy_with_the_wrong_layout_names_what_is_missing(tmp_path):
@@ -237,18 +235,19 @@ def test_outputs_are_readable_by_others(tmp_path):
     assert (tmp_path / "out.json").stat().st_mode & 0o044 == 0o044  # not mkstemp's 0600
 
 
-def test_unreachable_source_is_one_line_with_the_local_copy_hint(file_server, tmp_path, monkeypatch):
+def test_unreachable_source_is_one_line_with_the_local_copy_hint(file_server, tmp_path, monkeypatch, capsys):
     from facedata import datasets
     from pipelines import download
 
     monkeypatch.setattr(datasets, "LFW_PAIRS", Remote("pairs.txt", file_server.url("/gone"), sha256(b"x")))
-    monkeypatch.setattr(download, "RAW", tmp_path / "raw")
-    offline = {"data": {"lfw": {"root": None, "variant": "deepfunneled"}}, "download": {"retries": 0, "timeout_s": 5}}
-    monkeypatch.setattr("pipelines.params.load", lambda: offline)
+    layout = Layout(tmp_path)
+    layout.params_file.write_text("data: {lfw: {root: null}}\ndownload: {retries: 0, timeout_s: 5}\n")
     with pytest.raises(SystemExit) as stop:
-        download.main(["lfw"])
-    assert str(stop.value).startswith("download@lfw: pairs.txt: HTTP 404")
-    assert str(stop.value).endswith("set data.lfw.root instead")
+        download.main(["lfw"], layout=layout)
+    assert stop.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("download@lfw: pairs.txt: HTTP 404")
+    assert lines[0].endswith("set data.lfw.root instead")
 
 
 def test_json_outputs_are_standard_json(tmp_path):

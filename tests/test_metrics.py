@@ -7,26 +7,23 @@ code (and a 127.0.0.1 HTTP server), so every path but the real numbers is exerci
 
 from __future__ import annotations
 
-import functools
-import http.server
-import threading
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.linalg
-import torch
 from PIL import Image
 
 import metrics
-from facedata.fetch import ChecksumError, file_digest
+from facedata.errors import ParamsError
+from facedata.fetch import ChecksumError
 from facedata.prepared import PreparedDataset
 from metrics import weights
 from metrics.fid import clean_resize, frechet_distance, kernel_inception_distance, statistics
 from metrics.pose import normalised_l1
 from metrics.reid import best_threshold, cross_validate
+from tests.helpers import params_mapping, register_file, write_prepared
 
 REQUIRED = ["detection_dlib", "detection_mtcnn", "fid", "kid", "pose_error", "reid_facenet_casia",
             "reid_facenet_vggface2", "verification_dlib", "verification_facenet_casia",
@@ -34,21 +31,6 @@ REQUIRED = ["detection_dlib", "detection_mtcnn", "fid", "kid", "pose_error", "re
 
 
 # --- synthetic data ---------------------------------------------------------------------------
-
-def write_prepared(root: Path, images: dict[str, np.ndarray], identities: dict[str, str]) -> PreparedDataset:
-    """A prepared dataset in the `prepare` stage's layout with the given crops (random landmarks)."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for key, rgb in images.items():
-        path = root / "crops" / Path(key).with_suffix(".png")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rgb).save(path)
-        landmarks = rng.uniform([40, 60], [140, 180], size=(68, 2)).astype(np.float32)
-        rows.append({"key": key, "identity": identities[key], "status": "ok", "detail": "",
-                     "landmarks": landmarks.ravel().tolist()})
-    pd.DataFrame(rows).to_parquet(root / "index.parquet")
-    return PreparedDataset(root)
-
 
 def anonymised_folder(folder: Path, pairs: metrics.PairSet, images: dict[int, np.ndarray] | None = None) -> Path:
     """`<pair_id>.png` per manifest row: the given images, else a copy of the source crop."""
@@ -69,7 +51,10 @@ def synthetic(tmp_path_factory) -> metrics.PairSet:
     people = [f"P{i}" for i in range(4)]
     keys = {f"{p}/{p}_{n:04d}.jpg": p for p in people for n in (1, 2, 3)}
     images = {key: rng.integers(0, 256, size=(220, 180, 3), dtype=np.uint8) for key in keys}
-    prepared = write_prepared(tmp_path_factory.mktemp("prepared"), images, keys)
+    rng = np.random.default_rng(0)
+    faces = [{"key": key, "identity": keys[key], "crop": rgb,
+              "landmarks": rng.uniform([40, 60], [140, 180], size=(68, 2))} for key, rgb in images.items()]
+    prepared = PreparedDataset(write_prepared(tmp_path_factory.mktemp("prepared"), faces))
     rows = [(1, True, "P0/P0_0001.jpg", "P0/P0_0002.jpg"), (1, True, "P1/P1_0001.jpg", "P1/P1_0003.jpg"),
             (1, False, "P2/P2_0001.jpg", "P3/P3_0002.jpg"), (1, False, "P0/P0_0003.jpg", "P1/P1_0002.jpg"),
             (2, True, "P2/P2_0002.jpg", "P2/P2_0003.jpg"), (2, True, "P3/P3_0001.jpg", "P3/P3_0003.jpg"),
@@ -90,8 +75,10 @@ def test_calc_rejects_unknown_metric_and_option(synthetic, tmp_path):
     inputs = metrics.MetricInputs(synthetic, images=tmp_path)
     with pytest.raises(KeyError, match="unknown metric 'fld'"):
         metrics.calc("fld", inputs)
-    with pytest.raises(TypeError, match=r"has no option\(s\) \['resise'\]"):
+    with pytest.raises(ParamsError, match="metrics.fid.resise is not a setting; metrics.fid has resize"):
         metrics.calc("fid", inputs, resize="clean", resise="clean")
+    with pytest.raises(ParamsError, match=r"metrics.detection_mtcnn.threshold must be in \[0.0, 1.0\]; got 7"):
+        metrics.calc("detection_mtcnn", inputs, threshold=7)
 
 
 def test_evaluable_counts_missing_images_and_rejects_wrong_sizes(synthetic, tmp_path):
@@ -203,36 +190,6 @@ def test_best_threshold_and_cross_validation():
 
 # --- pretrained weights -----------------------------------------------------------------------
 
-@pytest.fixture
-def hub(tmp_path, monkeypatch) -> Path:
-    """An empty torch hub folder for the test; restored afterwards."""
-    previous = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    yield tmp_path / "hub" / "checkpoints"
-    torch.hub.set_dir(previous)
-
-
-@pytest.fixture
-def server(tmp_path):
-    """(folder, base URL): an HTTP server on 127.0.0.1 serving the folder."""
-    folder = tmp_path / "served"
-    folder.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    handler.log_message = lambda *args: None
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield folder, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    thread.join()
-
-
-def register_file(monkeypatch, name: str, path: Path, url: str) -> None:
-    """Make PRETRAINED[name] describe the test's own file."""
-    spec = weights.PretrainedFile(path.name, url, file_digest(path, "sha256"), path.stat().st_size)
-    monkeypatch.setitem(weights.PRETRAINED, name, spec)
-
-
 def test_real_weight_digests_carry_torch_hub_prefix_and_full_length():
     inception = weights.PRETRAINED["inception"]
     assert inception.filename.rsplit("-", 1)[1].removesuffix(".pth") == inception.sha256[:8]
@@ -278,54 +235,6 @@ def test_missing_weights_offline_name_file_url_and_place(hub, monkeypatch):
 
 # --- FID and FaceNet through random-weight files ----------------------------------------------
 
-def calibrated(network: torch.nn.Module, size: int) -> torch.nn.Module:
-    """Random weights with batch-norm statistics measured on random images.
-
-    Freshly initialised running statistics shrink activations layer after layer until every
-    image gives nearly the same features; measured ones keep features image-dependent.
-    """
-    for module in network.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None  # cumulative average over the calibration batch
-    network.train()
-    with torch.no_grad():
-        network(torch.rand(6, 3, size, size) * 2 - 1)
-    return network.eval()
-
-
-@pytest.fixture(scope="module")
-def random_weights(tmp_path_factory) -> dict[str, Path]:
-    """Random state dicts of pytorch-fid's Inception and facenet-pytorch's classifier (calibrated BN)."""
-    from facedata.compat import ensure_torchvision
-
-    ensure_torchvision()
-    import pytorch_fid.inception
-    import torchvision
-    from facenet_pytorch import InceptionResnetV1
-
-    folder = tmp_path_factory.mktemp("weights")
-    torch.manual_seed(0)
-    with mock.patch.object(pytorch_fid.inception, "load_state_dict_from_url", lambda *args, **kwargs: None), \
-            mock.patch.object(torchvision.models.Inception3, "load_state_dict", lambda self, state: None):
-        inception = pytorch_fid.inception.fid_inception_v3()
-    paths = {"inception": folder / weights.PRETRAINED["inception"].filename,
-             "facenet": folder / "facenet-random.pt"}
-    torch.save(calibrated(inception, 299).state_dict(), paths["inception"])
-    torch.save(calibrated(InceptionResnetV1(classify=True, num_classes=20), 160).state_dict(), paths["facenet"])
-    return paths
-
-
-@pytest.fixture
-def installed(random_weights, hub, monkeypatch) -> None:
-    """The random weights registered under the real names and placed in the test's hub folder."""
-    hub.mkdir(parents=True)
-    for name, source in (("inception", "inception"), ("facenet_casia", "facenet"), ("facenet_vggface2", "facenet")):
-        target = hub / weights.PRETRAINED[name].filename
-        target.symlink_to(random_weights[source])
-        register_file(monkeypatch, name, target, weights.PRETRAINED[name].url)
-
-
 @pytest.mark.slow
 def test_fid_and_kid_through_pytorch_fid_inception(installed, synthetic, tmp_path):
     copies = metrics.MetricInputs(synthetic, images=anonymised_folder(tmp_path / "same", synthetic),
@@ -369,10 +278,7 @@ def test_facenet_reid_protocols_through_random_weights(installed, synthetic, tmp
     assert verified["n_calibration_pairs"] == 8 and set(verified["thresholds"]) == {1, 2}
 
 
-def test_params_yaml_metrics_section_names_real_metrics_and_options():
-    from pipelines.params import load
-    from tests.conftest import REPO
-
-    for name, values in load(REPO / "params.yaml")["metrics"].items():
+def test_params_yaml_metrics_section_holds_the_code_defaults():
+    for name, values in params_mapping()["metrics"].items():
         assert set(values) <= set(metrics.options(name)), name
         assert all(metrics.options(name)[key] == value for key, value in values.items()), name  # defaults agree

@@ -17,13 +17,13 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 import metrics
-from facedata.datasets import parse_pairs
 from facedata.prepared import PreparedDataset
 from metrics.dlib_faces import hog_faces
 from metrics.reid import lfw_verification_accuracy
+from tests.helpers import METRICS_CACHE, write_prepared
 
 pytestmark = pytest.mark.realdata
-CACHE = Path(__file__).resolve().parents[1] / ".cache" / "metrics"
+
 
 
 def prepared_sources(pairs: metrics.PairSet) -> list[tuple[int, str]]:
@@ -52,7 +52,7 @@ def blurred_copies(folder: Path, pairs: metrics.PairSet) -> Path:
 
 
 def inputs(pairs: metrics.PairSet, folder: Path, **settings) -> metrics.MetricInputs:
-    return metrics.MetricInputs(pairs, images=folder, cache=CACHE, **settings)
+    return metrics.MetricInputs(pairs, images=folder, cache=METRICS_CACHE, **settings)
 
 
 @pytest.fixture(scope="module")
@@ -63,16 +63,6 @@ def celeba(prepared_celeba) -> metrics.PairSet:
     manifest = pd.DataFrame({"pair_id": range(len(keys)), "source": keys,
                              "source_identity": [prepared.identity(k) for k in keys]})
     return metrics.PairSet(manifest, prepared)
-
-
-@pytest.fixture(scope="module")
-def lfw(prepared_lfw, lfw_root) -> metrics.PairSet:
-    """LFW's 6,000 pairs.txt pairs in the pair manifest's layout (folds 1..10)."""
-    rows = [{"fold": p.fold + 1, "same": p.same, "first": p.first, "source": p.second}
-            for p in parse_pairs(lfw_root / "pairs.txt")]
-    manifest = pd.DataFrame(rows)
-    manifest.insert(0, "pair_id", range(len(manifest)))
-    return metrics.PairSet(manifest, PreparedDataset(prepared_lfw))
 
 
 @pytest.fixture(scope="module")
@@ -105,20 +95,17 @@ def test_pose_error_of_unmodified_crops_against_their_prepared_landmarks(celeba,
 
 
 def with_landmarks(pairs: metrics.PairSet, landmarks: dict[str, np.ndarray], root: Path) -> metrics.PairSet:
-    """The same prepared crops with other reference landmarks for the given keys."""
-    index = pairs.prepared.index.reset_index(drop=True)
-    index["landmarks"] = [landmarks[key].ravel().tolist() if key in landmarks else list(original)
-                          for key, original in zip(index["key"], index["landmarks"], strict=True)]
-    root.mkdir()
-    index.to_parquet(root / "index.parquet")
-    (root / "crops").symlink_to((pairs.prepared.root / "crops").resolve())
-    return metrics.PairSet(pairs.manifest, PreparedDataset(root))
+    """The given faces' prepared crops with other reference landmarks."""
+    prepared = pairs.prepared
+    faces = [{"key": key, "identity": prepared.identity(key), "crop": prepared.crop(key), "landmarks": points}
+             for key, points in landmarks.items()]
+    return metrics.PairSet(pairs.manifest, PreparedDataset(write_prepared(root, faces)))
 
 
 def test_pose_error_is_zero_for_identical_landmarks_and_exact_for_a_translation(celeba, tmp_path):
     folder = linked_copies(tmp_path / "same", celeba)
     subset = metrics.PairSet(celeba.manifest.iloc[:12], celeba.prepared)
-    faces = hog_faces([folder / f"{i}.png" for i in subset.manifest["pair_id"]], CACHE, workers=1)
+    faces = hog_faces([folder / f"{i}.png" for i in subset.manifest["pair_id"]], METRICS_CACHE, workers=1)
     assert (faces[:, 0] > 0).all()
     detected = {key: face[1:].reshape(68, 2) for key, face in zip(subset.manifest["source"], faces, strict=True)}
     identical = metrics.calc("pose_error", inputs(with_landmarks(subset, detected, tmp_path / "a"), folder))
@@ -143,7 +130,7 @@ def test_a_faceless_image_is_a_counted_pose_failure(celeba, tmp_path):
 
 @pytest.mark.slow
 def test_dlib_verifies_all_lfw_pairs_at_published_accuracy(lfw):
-    result = lfw_verification_accuracy(lfw, "dlib", CACHE)
+    result = lfw_verification_accuracy(lfw, "dlib", METRICS_CACHE)
     # Exactly the pairs naming a photo that prepare could not use (no face found) are left out.
     ok = lfw.prepared.ok.index
     unusable = ~(lfw.manifest["first"].isin(ok) & lfw.manifest["source"].isin(ok))

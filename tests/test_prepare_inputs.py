@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,11 @@ import pytest
 from PIL import Image
 
 from facedata.crops import PrepareConfig, prepare_face
+from facedata.errors import DataError
 from facedata.landmarks import LandmarkDetector
 from pipelines import prepare
+from pipelines.config import from_mapping
+from pipelines.layout import Layout
 
 pytestmark = pytest.mark.realdata
 FACE = "img_align_celeba/003039.jpg"
@@ -84,15 +88,15 @@ def prepared(face, tmp_path_factory):
         (folder / name).write_bytes(data)
     listed = [*photos, "missing.jpg"]
     (root / "identity_CelebA.txt").write_text("".join(f"{name} 1\n" for name in listed))
-    raw = root / "raw" / "celeba"
-    raw.mkdir(parents=True)
-    (raw / "source.json").write_text(
+    layout = Layout(root)
+    layout.raw("celeba").mkdir(parents=True)
+    layout.source("celeba").write_text(
         json.dumps({"images_dir": str(folder), "identity_file": str(root / "identity_CelebA.txt")})
     )
-    params = {"data": {"celeba": {"min_images_per_identity": 1}}, "prepare": {**PrepareConfig().__dict__, "workers": 2}}
-    summary = prepare.run("celeba", params, raw=root / "raw", out_root=root / "prepared")
-    index = pd.read_parquet(root / "prepared/celeba/index.parquet").set_index("key")
-    return index, summary, root, params
+    params = from_mapping({"data": {"celeba": {"min_images_per_identity": 1}}, "prepare": {"workers": 2}})
+    summary = prepare.run(params, layout, "celeba")
+    index = pd.read_parquet(layout.prepared("celeba") / "index.parquet").set_index("key")
+    return index, summary, layout, params
 
 
 @pytest.mark.parametrize(
@@ -128,11 +132,11 @@ def test_summary_counts_every_photo(prepared):
 
 
 def test_conversions_keep_the_landmarks(prepared, reference):
-    index, _, root, _ = prepared
+    index, _, layout, _ = prepared
     for name in ("good.jpg", "cmyk.jpg", "grey.jpg", "alpha.jpg", "sixteen_bit.jpg"):
         landmarks = np.asarray(index.at[name, "landmarks"]).reshape(68, 2)
         assert np.abs(landmarks - reference.landmarks).mean() < 1.5, name
-        assert (root / "prepared/celeba/crops" / name.replace(".jpg", ".png")).is_file()
+        assert (layout.prepared("celeba") / "crops" / name.replace(".jpg", ".png")).is_file()
 
 
 def test_huge_photo_is_detected_small_and_mapped_back(prepared, reference):
@@ -164,35 +168,34 @@ def test_too_large_photo_is_refused_before_decoding(face, tmp_path):
 
 
 def test_rerun_processes_only_new_or_changed_photos(prepared, face):
-    index, _, root, params = prepared
-    folder = root / "img_align_celeba"
+    index, _, layout, params = prepared
+    folder = layout.root / "img_align_celeba"
     (folder / "good.jpg").write_bytes(save(face.transpose(Image.Transpose.FLIP_LEFT_RIGHT), format="JPEG"))
-    summary = prepare.run("celeba", params, raw=root / "raw", out_root=root / "prepared")
+    summary = prepare.run(params, layout, "celeba")
     assert summary["processed"] == 2  # the changed photo, and the missing one (its absence is re-checked)
     assert summary["reused"] == len(index) - 2
-    rerun = pd.read_parquet(root / "prepared/celeba/index.parquet").set_index("key")
+    rerun = pd.read_parquet(layout.prepared("celeba") / "index.parquet").set_index("key")
     assert rerun.at["good.jpg", "sha1"] != index.at["good.jpg", "sha1"]
     assert rerun.drop(index="good.jpg")["sha1"].equals(index.drop(index="good.jpg")["sha1"])
 
 
 def test_changed_settings_reprocess_everything(prepared):
-    _, _, root, params = prepared
-    changed = {**params, "prepare": {**params["prepare"], "eye_scale": 4.0}}
-    summary = prepare.run("celeba", changed, raw=root / "raw", out_root=root / "prepared")
+    _, _, layout, params = prepared
+    changed = replace(params, prepare=replace(params.prepare, eye_scale=4.0))
+    summary = prepare.run(changed, layout, "celeba")
     assert summary["reused"] == 0 and summary["processed"] == summary["photos"]
 
 
 def test_a_bug_on_every_photo_stops_the_stage_and_is_never_cached(prepared, monkeypatch):
-    _, _, root, params = prepared
-    changed = {**params, "prepare": {**params["prepare"], "eye_scale": 4.5}}  # fresh rows, nothing reused
+    _, _, layout, params = prepared
+    changed = replace(params, prepare=replace(params.prepare, eye_scale=4.5, workers=1))  # fresh rows
 
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug, not a bad photo")
 
     monkeypatch.setattr(prepare, "prepare_face", broken)
-    changed["prepare"]["workers"] = 1
-    with pytest.raises(RuntimeError, match=r"failed with an unexpected error, e.g. .*ZeroDivisionError"):
-        prepare.run("celeba", changed, raw=root / "raw", out_root=root / "prepared")
+    with pytest.raises(DataError, match=r"failed with an unexpected error, e.g. .*ZeroDivisionError"):
+        prepare.run(changed, layout, "celeba")
     monkeypatch.undo()
-    summary = prepare.run("celeba", changed, raw=root / "raw", out_root=root / "prepared")
+    summary = prepare.run(changed, layout, "celeba")
     assert "error" not in summary["status"] and summary["status"]["ok"] == 8

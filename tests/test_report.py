@@ -7,12 +7,15 @@ import math
 import pytest
 import yaml
 
-from pipelines.params import ParamsError
+from facedata.errors import ParamsError
+from pipelines.config import from_mapping
+from pipelines.layout import Layout
 from pipelines.profile import apply, overlay
 from pipelines.tables import table, to_latex, to_markdown
-from tests.conftest import REPO
+from tests.helpers import REPO, profile_from
 
-PAPER = yaml.safe_load((REPO / "reports/paper_numbers.yaml").read_text())
+PAPER = yaml.safe_load(Layout(REPO).paper_numbers.read_text())
+ROWS = PAPER["rows"]
 
 
 def result(value, n=100, skipped=0, **extra):
@@ -20,16 +23,9 @@ def result(value, n=100, skipped=0, **extra):
 
 
 def test_paper_numbers_file_holds_both_tables_with_every_row():
+    assert list(ROWS.values())[0] == "Blurring" and ROWS["anonygan-68"] == "AnonyGAN 68 lm"
     for dataset in ("celeba", "lfw"):
-        assert set(PAPER[dataset]) == {
-            "blur",
-            "pixelate",
-            "ciagan",
-            "anonygan-plain-68",
-            "anonygan-plain-29",
-            "anonygan-la-68",
-            "anonygan-68",
-        }
+        assert list(PAPER[dataset]) == list(ROWS)
     assert PAPER["celeba"]["anonygan-68"]["fid"] == 22.53 and PAPER["lfw"]["ciagan"]["reid_facenet_casia"] == [
         0.0128,
         0.0032,
@@ -46,7 +42,7 @@ def test_rows_follow_the_paper_order_then_others_with_differences():
         },
         "blur": {"fid": result(90.0), "detection_dlib": result(0.1)},
     }
-    frame = table(results, PAPER["celeba"], with_std=False)
+    frame = table(results, PAPER["celeba"], ROWS, with_std=False)
     assert list(frame["method"]) == ["blur", "anonygan-68", "original"]
     full = frame.set_index("method").loc["anonygan-68"]
     assert full["fid_paper"] == 22.53 and full["fid_diff"] == pytest.approx(30.0 - 22.53)
@@ -62,7 +58,7 @@ def test_uncomputed_metrics_show_as_dashes_not_numbers():
             "detection_dlib": result(0.05),
         }
     }
-    markdown = to_markdown(table(results, PAPER["lfw"], with_std=True), "Table 2")
+    markdown = to_markdown(table(results, PAPER["lfw"], ROWS, with_std=True), "Table 2")
     row = next(line for line in markdown.splitlines() if line.startswith("| Blurring"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "- (85.03)"  # FID not computed: ours '-', the paper's kept
@@ -71,9 +67,9 @@ def test_uncomputed_metrics_show_as_dashes_not_numbers():
 
 def test_lfw_cells_carry_mean_and_std():
     results = {"ciagan": {"reid_facenet_casia": result(0.02, std=0.005)}}
-    markdown = to_markdown(table(results, PAPER["lfw"], with_std=True), "Table 2")
+    markdown = to_markdown(table(results, PAPER["lfw"], ROWS, with_std=True), "Table 2")
     assert "2.00% ± 0.50 (1.28% ± 0.32; +0.72 pp)" in markdown
-    latex = to_latex(table(results, PAPER["lfw"], with_std=True), "Table 2")
+    latex = to_latex(table(results, PAPER["lfw"], ROWS, with_std=True), "Table 2")
     assert r"2.00\% $\pm$ 0.50" in latex and latex.count(r"\\") >= 2
 
 
@@ -86,21 +82,21 @@ def test_profile_overlay_changes_only_existing_values():
 
 
 def test_small_profile_applies_to_params_and_keeps_comments(tmp_path):
-    params = tmp_path / "params.yaml"
-    params.write_text((REPO / "params.yaml").read_text())
-    apply("small", params_file=params, profiles=REPO / "profiles")
-    text = params.read_text()
+    layout = profile_from(REPO, tmp_path)
+    apply("small", layout)
+    text = layout.params_file.read_text()
     assert "# Every knob of the pipeline" in text  # comments survive
     applied = yaml.safe_load(text)
     assert applied["data"]["lfw"]["root"] == "../shared/data/lfw"
     assert applied["train"]["epochs"] == 1 and applied["train"]["lr_generator"] == 2.0e-4  # untouched
     assert applied["evaluate"]["metrics"] == ["pose_error", "detection_dlib", "detection_mtcnn", "verification_dlib"]
+    assert from_mapping(applied).ciagan.model.image_size == 32  # a valid configuration
     with pytest.raises(ParamsError, match="no profile"):
-        apply("huge", params_file=params, profiles=REPO / "profiles")
+        apply("huge", layout)
 
 
 def test_skipped_counts_pairs_no_metric_could_use_not_protocol_skips():
     results = {"blur": {"detection_dlib": result(0.1, n=198, skipped=2),
                         "verification_dlib": result(0.0, n=99, skipped=101)}}  # different-person pairs
-    row = table(results, PAPER["lfw"], with_std=True).iloc[0]
+    row = table(results, PAPER["lfw"], ROWS, with_std=True).iloc[0]
     assert row["n"] == 200 and row["n_skipped"] == 2

@@ -8,41 +8,54 @@ identity (i + 1) mod N, N = the number of training identities in the checkpoint.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from baselines.ciagan.frame import network_inputs, to_crop, to_network
-from baselines.ciagan.model import CiaganConfig, Generator
-from baselines.ciagan.training import default_device
+from baselines.ciagan.model import CiaganConfig, Generator, load_checkpoint
 from baselines.interface import Anonymiser, FaceBatch, RunContext, register
+from facedata import runtime
+from facedata.errors import MissingInputError
+
+
+@dataclass(frozen=True)
+class CiaganInferenceConfig:
+    """How a CIAGAN generator anonymises the test sets (params `anonymisers.ciagan`)."""
+
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on CUDA only; CPU always runs fp32
 
 
 @register("ciagan")
 class Ciagan(Anonymiser):
-    """A trained CIAGAN generator (models/ciagan/checkpoint.pt from `train@ciagan`)."""
+    """A trained CIAGAN generator (models/ciagan/checkpoint.pt from `train-ciagan`)."""
 
-    def __init__(self, generator: Generator, identity_order: Sequence[str], frame_scale: float = 1.125,
+    Settings = CiaganInferenceConfig
+
+    def __init__(self, generator: Generator, identity_order: Sequence[str],
+                 settings: CiaganInferenceConfig = CiaganInferenceConfig(),
                  device: str | torch.device | None = None, batch_size: int = 64):
-        self.device = torch.device(device) if device is not None else default_device()
-        memory_format = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
-        self.generator = generator.to(self.device, memory_format=memory_format).eval()
+        self.device = torch.device(device) if device is not None else runtime.default_device()
+        self.generator = generator.to(self.device, memory_format=runtime.memory_format(self.device)).eval()
         self.position = {identity: index for index, identity in enumerate(identity_order)}
-        self.frame_scale = frame_scale
+        self.settings = settings
         self.batch_size = batch_size
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, identity_order: Sequence[str],
-                        device: str | torch.device | None = None) -> Ciagan:
+                        settings: CiaganInferenceConfig = CiaganInferenceConfig(),
+                        device: str | torch.device | None = None, batch_size: int = 64) -> Ciagan:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: run `dvc repro train@ciagan` first")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        generator = Generator(CiaganConfig(**state["config"]))
-        generator.load_state_dict(state["generator"])
-        return cls(generator, identity_order, state["training"]["frame_scale"], device)
+            raise MissingInputError(f"{path} not found: run `dvc repro train-ciagan` first")
+        state = load_checkpoint(path)
+        generator = Generator(CiaganConfig(**state["model_config"]))
+        generator.load_state_dict(state["modules"]["generator"])
+        return cls(generator, identity_order, settings, device, batch_size)
 
     @classmethod
     def from_authors_weights(cls, path: str | Path, identity_order: Sequence[str],
@@ -53,10 +66,11 @@ class Ciagan(Anonymiser):
         return cls(generator, identity_order, device=device)
 
     @classmethod
-    def from_params(cls, context: RunContext) -> Ciagan:
+    def from_config(cls, settings: CiaganInferenceConfig, context: RunContext) -> Ciagan:
         if not context.identities:
             raise ValueError("CIAGAN needs the dataset's identity order (RunContext.identities) for its target rule")
-        return cls.from_checkpoint(context.checkpoint, context.identities, context.device)
+        return cls.from_checkpoint(context.checkpoint, context.identities, settings, context.device,
+                                   context.batch_size)
 
     @property
     def identities(self) -> int:
@@ -78,18 +92,19 @@ class Ciagan(Anonymiser):
         for start in range(0, len(batch), self.batch_size):
             part = slice(start, start + self.batch_size)
             planes = network_inputs(batch.source[part], batch.source_mask[part], batch.source_landmarks[part])
-            outputs.append(render_planes(self.generator, planes.to(self.device), targets[part], self.frame_scale))
+            outputs.append(render_planes(self.generator, planes.to(self.device), targets[part],
+                                         self.settings.precision))
         return np.concatenate(outputs) if outputs else np.zeros_like(batch.source)
 
 
 @torch.inference_mode()
-def render_planes(generator: Generator, planes: torch.Tensor, targets: np.ndarray, frame_scale: float) -> np.ndarray:
+def render_planes(generator: Generator, planes: torch.Tensor, targets: np.ndarray,
+                  precision: str = "fp32") -> np.ndarray:
     """(N, H, W, 3) uint8: the faces of `network_inputs` planes rendered as `targets`, composited."""
-    device = planes.device
-    cuda = device.type == "cuda"
-    face, drawing, mask = to_network(planes, generator.config.image_size, frame_scale,
-                                     memory_format=torch.channels_last if cuda else torch.contiguous_format)
-    one_hot = F.one_hot(torch.as_tensor(targets, device=device), generator.config.identities).float()
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+    device, config = planes.device, generator.config
+    face, drawing, mask = to_network(planes, config.image_size, config.frame_scale,
+                                     memory_format=runtime.memory_format(device))
+    one_hot = F.one_hot(torch.as_tensor(targets, device=device), config.identities).float()
+    with runtime.autocast(device, precision):
         generated = generator(torch.cat([drawing, face * (1 - mask)], dim=1), one_hot)
-    return to_crop(generated.float(), planes, frame_scale)
+    return to_crop(generated.float(), planes, config.frame_scale)

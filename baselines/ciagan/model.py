@@ -15,41 +15,52 @@ is the same code. Channel widths scale with `width`; the authors' sizes are the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from facedata import runtime
+from facedata.config import Check, at_least, even
+
+CHECKPOINT_KIND, CHECKPOINT_FORMAT = "ciagan", 2
+
+
+def _power_of_two(value: int) -> bool:
+    return value >= 8 and value & (value - 1) == 0
+
 
 @dataclass(frozen=True)
 class CiaganConfig:
-    """Architecture; the defaults are the authors' (their released generator has these sizes)."""
+    """Architecture and network frame; the defaults are the authors' (their released generator has these sizes)."""
 
-    identities: int = 1200  # one-hot size: the number of training identities
-    image_size: int = 128
-    generator_width: int = 32  # channels after the first down block
-    identity_width: int = 256  # identity MLP width (the last three layers are twice as wide)
-    discriminator_width: int = 64
-    siamese_width: int = 64
-    embedding_dim: int = 1200  # siamese output; the authors' code sizes it like the one-hot
-
-    def __post_init__(self) -> None:
-        depth = math.log2(self.image_size / 4) if self.image_size >= 8 else 0
-        if depth != int(depth) or depth < 1:
-            raise ValueError(f"CIAGAN image_size must be a power of two >= 8, got {self.image_size}")
-        if self.identity_width % 8 or self.identity_width < 8:
-            raise ValueError(f"CIAGAN identity_width must be a positive multiple of 8, got {self.identity_width}")
-        if self.generator_width % 2 or self.generator_width < 2:
-            raise ValueError(f"CIAGAN generator_width must be a positive even number, got {self.generator_width}")
-        for name in ("identities", "discriminator_width", "siamese_width", "embedding_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"CIAGAN {name} must be >= 1, got {getattr(self, name)}")
+    #: One-hot size: the number of training identities, counted from the data (not a parameter).
+    identities: int = field(default=1200, metadata={"params": False})
+    image_size: Annotated[int, Check(_power_of_two, "a power of two >= 8")] = 128  # network frame S x S
+    # The crop is squashed to round(frame_scale * S) square and the centre S x S cut (authors' loader).
+    frame_scale: Annotated[float, at_least(1.0)] = 1.125
+    generator_width: Annotated[int, even, at_least(2)] = 32  # channels after the first down block
+    identity_width: Annotated[int, Check(lambda w: w >= 8 and w % 8 == 0, "a multiple of 8")] = 256  # MLP width
+    discriminator_width: Annotated[int, at_least(1)] = 64
+    siamese_width: Annotated[int, at_least(1)] = 64
+    embedding_dim: Annotated[int, at_least(1)] = 1200  # siamese output; the authors size it like the one-hot
 
     @property
     def depth(self) -> int:
         """Down blocks from the image to the 4 x 4 bottleneck."""
         return int(math.log2(self.image_size // 4))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint written by `baselines.ciagan.training.CiaganTrainer`, on CPU; a DataError otherwise.
+
+    It holds `model_config` (CiaganConfig as a dict), `data.identities` (the training identities in
+    one-hot order) and `modules` (networks, then optimisers, by name).
+    """
+    return runtime.load_checkpoint(path, CHECKPOINT_KIND, CHECKPOINT_FORMAT)
 
 
 class ConvLayer(nn.Module):

@@ -12,65 +12,93 @@ random identities, the other half two photos of one identity. Then, in order:
    composited output's embedding to the second photo's.
 
 Images are in [0, 1]; all networks use Adam (lr 1e-4, betas 0.5 / 0.999 in the authors' runs).
+The trainer follows `facedata.runtime.EpochTrainer`'s contract (checkpoints, exact resume,
+non-finite stop, DVCLive), like AnonyGAN's.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
+from tqdm import tqdm
 
+from baselines.ciagan.anonymiser import render_planes
 from baselines.ciagan.frame import network_inputs, random_boxes, to_network
-from baselines.ciagan.model import CiaganConfig, Discriminator, Generator, Siamese, contrastive_loss
+from baselines.ciagan.model import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_KIND,
+    CiaganConfig,
+    Discriminator,
+    Generator,
+    Siamese,
+    contrastive_loss,
+)
+from facedata import runtime
+from facedata.config import FieldError, above, at_least, even
+from facedata.errors import DataError
 from facedata.prepared import PreparedDataset
+
+NETWORKS = ("generator", "discriminator", "siamese")
+LOSS_NAMES = ("siamese", "discriminator", "generator_gan", "generator_identity")
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
     """Optimisation settings; defaults are the authors' (run_training.py, train.py)."""
 
-    epochs: int = 100
-    batch_size: int = 16
-    learning_rate: float = 1e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    critic_steps: int = 1
-    generator_steps: int = 3
-    siamese_steps: int = 1
-    contrastive_margin: float = 3.0
-    frame_scale: float = 1.125
-    augment_crop: tuple[float, float] | None = (0.5, 0.75)  # None: train on the test-time frame
-    seed: int = 0
-    workers: int = 0  # DataLoader processes decoding crops; 0 = in the training process
-    log_every: int = 50  # iterations between logged losses
-    sample_every: int = 10  # epochs between logged sample images
+    epochs: Annotated[int, at_least(1)] = 100  # authors' epoch: photos / (batch_size x 6 batches per iteration)
+    batch_size: Annotated[int, even, at_least(2)] = 16  # pairs; half random identities, half the same identity
+    learning_rate: Annotated[float, above(0)] = 1e-4  # all three networks
+    betas: tuple[Annotated[float, at_least(0)], Annotated[float, at_least(0)]] = (0.5, 0.999)
+    siamese_steps: Annotated[int, at_least(0)] = 1  # per iteration, in this order: siamese, critic, generator
+    critic_steps: Annotated[int, at_least(0)] = 1
+    generator_steps: Annotated[int, at_least(1)] = 3
+    contrastive_margin: Annotated[float, above(0)] = 3.0
+    # Training boxes span this share of the squashed frame (authors' augmentation); None: the test-time frame.
+    augment_crop: tuple[Annotated[float, above(0)], Annotated[float, above(0)]] | None = (0.5, 0.75)
+    seed: Annotated[int, at_least(0)] = 0
+    workers: Annotated[int, at_least(0)] = 8  # DataLoader processes decoding crops; 0 = in the training process
+    checkpoint_every: Annotated[int, at_least(1)] = 5  # epochs
+    sample_every: Annotated[int, at_least(1)] = 10  # epochs between sample images
+    precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast on CUDA only | fp32; CPU always runs fp32
 
     def __post_init__(self) -> None:
-        at_least = {"epochs": 1, "generator_steps": 1, "critic_steps": 0, "siamese_steps": 0, "log_every": 1,
-                    "sample_every": 1, "workers": 0}
-        for name, minimum in at_least.items():
-            if getattr(self, name) < minimum:
-                raise ValueError(f"CIAGAN {name} must be >= {minimum}, got {getattr(self, name)}")
-        if self.batch_size < 2 or self.batch_size % 2:
-            raise ValueError(f"CIAGAN batch_size must be an even number >= 2, got {self.batch_size}")
-        if self.learning_rate <= 0 or self.contrastive_margin <= 0 or self.frame_scale < 1:
-            raise ValueError("CIAGAN learning_rate and contrastive_margin must be > 0 and frame_scale >= 1; got "
-                             f"{self.learning_rate}, {self.contrastive_margin}, {self.frame_scale}")
-        if self.augment_crop is not None:
-            low, high = self.augment_crop
-            if not 0 < low <= high <= 1:
-                raise ValueError(f"CIAGAN augment_crop must be [low, high] with 0 < low <= high <= 1, "
-                                 f"got {self.augment_crop}")
+        if self.augment_crop is not None and not self.augment_crop[0] <= self.augment_crop[1] <= 1:
+            raise FieldError("augment_crop", f"must be [low, high] with 0 < low <= high <= 1; got "
+                                             f"{list(self.augment_crop)}")
 
-    def iterations(self, photos: int) -> int:
-        """Total iterations. The authors' epoch is photos / batch_size batches, and one iteration
-        consumes siamese + 2 x critic + generator batches."""
-        batches = self.siamese_steps + 2 * self.critic_steps + self.generator_steps
-        return self.epochs * max(1, photos // (self.batch_size * batches))
+    @property
+    def batches_per_iteration(self) -> int:
+        return self.siamese_steps + 2 * self.critic_steps + self.generator_steps
+
+    def iterations_per_epoch(self, photos: int) -> int:
+        """The authors' epoch is photos / batch_size batches; one iteration consumes several batches."""
+        return max(1, photos // (self.batch_size * self.batches_per_iteration))
+
+
+def training_faces(pairs: pd.DataFrame, prepared: PreparedDataset) -> tuple[list[str], list[str], list[int]]:
+    """(training identities in protocol order, keys of their prepared photos, identity index per key).
+
+    Identities come from a training pair manifest in its order; CIAGAN trains on every prepared
+    photo of them (whole identity folders, not AnonyGAN's pairs).
+    """
+    identities = list(dict.fromkeys(pairs["source_identity"].astype(str)))
+    position = {identity: index for index, identity in enumerate(identities)}
+    ok = prepared.ok
+    ok = ok[ok["identity"].astype(str).isin(position)].sort_index()
+    missing = sorted(set(identities) - set(ok["identity"].astype(str)))
+    if missing:
+        raise DataError(f"training identities without prepared photos in {prepared.root}: {', '.join(missing[:5])}")
+    return identities, list(ok["key"]), [position[str(identity)] for identity in ok["identity"]]
 
 
 @dataclass(frozen=True)
@@ -106,70 +134,84 @@ class FaceSet(torch.utils.data.Dataset):
         return planes[0], self.labels[index]
 
 
-class PairBatches(torch.utils.data.Sampler):
-    """Endless batches of 2B photo indices, firsts then seconds: B/2 random pairs, B/2 same-identity pairs."""
+def pair_batches(labels: Sequence[int], batch_size: int, count: int, seed: int, epoch: int) -> list[list[int]]:
+    """`count` batches of 2B photo indices, firsts then seconds: B/2 random pairs, B/2 same-identity pairs.
 
-    def __init__(self, labels: Sequence[int], batch_size: int, seed: int):
-        self.batch_size = batch_size
-        self.seed = seed
-        by_identity: dict[int, list[int]] = {}
-        for index, label in enumerate(labels):
-            by_identity.setdefault(int(label), []).append(index)
-        self.groups = [np.asarray(indices) for indices in by_identity.values()]
+    The draw depends only on (seed, epoch), so a resumed run sees the same batches.
+    """
+    groups: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        groups.setdefault(int(label), []).append(index)
+    members = [np.asarray(indices) for indices in groups.values()]
+    rng = np.random.default_rng([seed, epoch])
+    half = batch_size // 2
 
-    def __iter__(self) -> Iterator[list[int]]:
-        rng = np.random.default_rng(self.seed)
-        half = self.batch_size // 2
-        while True:
-            first_groups = rng.integers(len(self.groups), size=self.batch_size)
-            # The first half pairs two independently drawn identities, the second half one identity twice.
-            second_groups = np.concatenate([rng.integers(len(self.groups), size=half), first_groups[half:]])
-            firsts = [self._photo(rng, group) for group in first_groups]
-            seconds = [self._photo(rng, group) for group in second_groups]
-            order = rng.permutation(self.batch_size)
-            yield [firsts[i] for i in order] + [seconds[i] for i in order]
+    def photo(group: int) -> int:
+        return int(members[group][rng.integers(len(members[group]))])
 
-    def _photo(self, rng: np.random.Generator, group: int) -> int:
-        photos = self.groups[group]
-        return int(photos[rng.integers(len(photos))])
+    batches = []
+    for _ in range(count):
+        first_groups = rng.integers(len(members), size=batch_size)
+        # The first half pairs two independently drawn identities, the second half one identity twice.
+        second_groups = np.concatenate([rng.integers(len(members), size=half), first_groups[half:]])
+        firsts, seconds = [photo(g) for g in first_groups], [photo(g) for g in second_groups]
+        order = rng.permutation(batch_size)
+        batches.append([firsts[i] for i in order] + [seconds[i] for i in order])
+    return batches
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+class CiaganTrainer(runtime.EpochTrainer):
+    """The three networks, their optimisers and the authors' update steps, trained by epochs."""
 
+    kind, format_version = CHECKPOINT_KIND, CHECKPOINT_FORMAT
+    resume_ignores = {"train_config": {"workers", "checkpoint_every", "sample_every"}}
 
-class CiaganTrainer:
-    """The three networks, their optimisers and the authors' update steps."""
-
-    def __init__(self, config: CiaganConfig, training: TrainingConfig, device: torch.device | None = None):
-        self.config, self.training = config, training
-        self.device = device or default_device()
+    def __init__(self, config: CiaganConfig, training: TrainingConfig, faces: FaceSet | None = None,
+                 checkpoint: Path = Path("checkpoint.pt"), live_dir: Path | None = None,
+                 device: torch.device | None = None, identities: Sequence[str] = ()):
+        self.config, self.training, self.faces = config, training, faces
+        self.checkpoint, self.live_dir = Path(checkpoint), live_dir
+        self.identities = list(identities)
+        self.device = device or runtime.default_device()
+        self.memory_format = runtime.memory_format(self.device)
+        self.autocast = runtime.autocast(self.device, training.precision)
         torch.manual_seed(training.seed)
         self.generator = Generator(config)
         self.discriminator = Discriminator(config)
         self.siamese = Siamese(config)
-        self.memory_format = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
         for network in self.networks:
             network.to(self.device, memory_format=self.memory_format)
         self.optimisers = {name: torch.optim.Adam(network.parameters(), lr=training.learning_rate,
-                                                  betas=tuple(training.betas))
-                           for name, network in zip(("generator", "discriminator", "siamese"), self.networks,
-                                                    strict=True)}
-        self.random = torch.Generator().manual_seed(training.seed)
+                                                  betas=training.betas)
+                           for name, network in zip(NETWORKS, self.networks, strict=True)}
+        self.random = torch.Generator()
+        self.epoch = 0
+
+    epochs = property(lambda self: self.training.epochs)
+    checkpoint_every = property(lambda self: self.training.checkpoint_every)
+    sample_every = property(lambda self: self.training.sample_every)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Iterations per epoch (one iteration = siamese, critic and generator steps)."""
+        return self.training.iterations_per_epoch(len(self.faces))
 
     @property
     def networks(self) -> tuple[nn.Module, nn.Module, nn.Module]:
         return self.generator, self.discriminator, self.siamese
 
+    def settings(self) -> dict[str, dict[str, Any]]:
+        return {"model_config": asdict(self.config), "train_config": asdict(self.training),
+                "data": {"identities": self.identities}}
+
+    def modules(self) -> dict[str, Any]:
+        return {**dict(zip(NETWORKS, self.networks, strict=True)),
+                **{f"optimizer_{name}": optimiser for name, optimiser in self.optimisers.items()}}
+
     def _train_only(self, network: nn.Module) -> None:
         """Let gradients reach only `network`'s parameters (they still flow through the others)."""
         for other in self.networks:
             other.requires_grad_(other is network)
-
-    def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     def pairs(self, planes: torch.Tensor, labels: torch.Tensor, augment: bool = True) -> Pairs:
         """Split a (2B, 7, H, W) uint8 batch of firsts-then-seconds into network-frame pairs."""
@@ -177,7 +219,7 @@ class CiaganTrainer:
         boxes = None
         if augment and self.training.augment_crop is not None:
             boxes = random_boxes(len(planes), self.training.augment_crop, self.random).to(self.device)
-        face, drawing, mask = to_network(planes, self.config.image_size, self.training.frame_scale, boxes,
+        face, drawing, mask = to_network(planes, self.config.image_size, self.config.frame_scale, boxes,
                                          self.memory_format)
         half = len(planes) // 2
         labels = labels.to(self.device)
@@ -201,15 +243,15 @@ class CiaganTrainer:
 
     def siamese_step(self, pairs: Pairs) -> float:
         self._train_only(self.siamese)
-        with self._autocast():
+        with self.autocast:
             loss = self._identity_loss(pairs.face[0], pairs.face[1], pairs.same)
         return self._update("siamese", loss)
 
     def critic_step(self, fake: Pairs, real: Pairs) -> float:
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self.autocast:
             generated = self.generate(fake)
         self._train_only(self.discriminator)
-        with self._autocast():
+        with self.autocast:
             loss = (self._lsgan(generated, fake.drawing[0], real=False)
                     + self._lsgan(real.face[0], real.drawing[0], real=True))
         return self._update("discriminator", loss)
@@ -217,18 +259,15 @@ class CiaganTrainer:
     def generator_step(self, pairs: Pairs) -> tuple[float, float]:
         """(adversarial, identity) losses before the update."""
         self._train_only(self.generator)
-        with self._autocast():
+        with self.autocast:
             generated = self.generate(pairs)
             adversarial = self._lsgan(generated, pairs.drawing[0], real=True)
             identity = self._identity_loss(generated, pairs.face[1], torch.ones_like(pairs.same))
-        self._update("generator", adversarial + identity)
+        runtime.update(self.optimisers["generator"], adversarial + identity)
         return adversarial.item(), identity.item()
 
     def _update(self, name: str, loss: torch.Tensor) -> float:
-        optimiser = self.optimisers[name]
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
+        runtime.update(self.optimisers[name], loss)
         return loss.item()
 
     def iteration(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
@@ -246,9 +285,43 @@ class CiaganTrainer:
             losses["generator_identity"].append(identity)
         return {name: float(np.mean(values)) for name, values in losses.items() if values}
 
-    def checkpoint(self, identities: Sequence[str], iteration: int) -> dict:
-        """Everything needed to resume or to anonymise: configs, training identities, weights."""
-        return {"config": asdict(self.config), "training": asdict(self.training),
-                "identities": list(identities), "iteration": iteration,
-                **{name: network.state_dict() for name, network in zip(("generator", "discriminator", "siamese"),
-                                                                        self.networks, strict=True)}}
+    # -- epochs -------------------------------------------------------------------------------
+
+    def train_epoch(self, progress: tqdm) -> dict[str, float]:
+        """One epoch of iterations on batches drawn for (seed, epoch); returns the mean of each loss."""
+        for network in self.networks:
+            network.train()
+        cfg = self.training
+        iterations = self.steps_per_epoch
+        # Augmentation boxes are drawn from a generator seeded per epoch, so a resume redraws them exactly.
+        self.random.manual_seed(int(np.random.SeedSequence([cfg.seed, self.epoch]).generate_state(1)[0]))
+        batches = pair_batches(self.faces.labels.tolist(), cfg.batch_size, iterations * cfg.batches_per_iteration,
+                               cfg.seed, self.epoch)
+        loader = iter(torch.utils.data.DataLoader(self.faces, batch_sampler=batches, num_workers=cfg.workers,
+                                                  pin_memory=self.device.type == "cuda"))
+        totals = dict.fromkeys(LOSS_NAMES, 0.0)
+        for index in range(iterations):
+            losses = self.iteration(loader)
+            self.check_finite(losses, index + 1)
+            for name, value in losses.items():
+                totals[name] += value
+            progress.update()
+        return {name: total / iterations for name, total in totals.items()}
+
+    def end_epoch(self) -> None:
+        """No schedule: the authors keep the learning rate constant."""
+
+    @torch.no_grad()
+    def sample_grid(self) -> Image.Image:
+        """One photo of each of the first eight identities (top) rendered as the next identity (bottom)."""
+        labels = self.faces.labels.tolist()
+        shown = [labels.index(label) for label in sorted(set(labels))[:8]]
+        planes, sample_labels = (torch.stack(items) for items in zip(*(self.faces[i] for i in shown), strict=True))
+        targets = ((sample_labels + 1) % self.config.identities).numpy()
+        self.generator.eval()  # spectral norm: no power iteration on sample batches
+        try:
+            outputs = render_planes(self.generator, planes.to(self.device), targets, self.training.precision)
+        finally:
+            self.generator.train()
+        sources = planes[:, :3].permute(0, 2, 3, 1).numpy()
+        return Image.fromarray(np.concatenate([np.concatenate(list(row), axis=1) for row in (sources, outputs)]))

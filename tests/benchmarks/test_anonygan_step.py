@@ -2,8 +2,8 @@
 
     pytest tests/benchmarks/test_anonygan_step.py --benchmark-only
 
-The tiny configuration is pipelines.train.TINY_OVERRIDES (what CI trains with) at the 220x180
-crop, and the 64x52 crop with batch 8 of the overfitting test.
+The tiny configuration is profiles/small.yaml's (what CI trains with) at the 220x180 crop, and the
+64x52 crop with batch 8 of the overfitting test.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch.utils.data import default_collate
 from anonygan.data import PairData
 from anonygan.training import Trainer
 from facedata.prepared import PreparedDataset
-from tests.test_anonygan import pair_manifest, small_prepared, tiny_configs  # noqa: F401 (fixture)
+from tests.helpers import pair_manifest, tiny_configs
 
 pytestmark = pytest.mark.realdata
 

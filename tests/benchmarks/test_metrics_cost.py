@@ -24,15 +24,14 @@ from PIL import Image
 import metrics
 from metrics import facenet
 from metrics.fid import InceptionFeatures
-from tests.test_metrics import hub, installed, random_weights  # noqa: F401 (fixtures)
-from tests.test_metrics_realdata import CACHE, lfw  # noqa: F401 (fixture)
+from tests.helpers import METRICS_CACHE
 
 pytestmark = pytest.mark.realdata
 IMAGES = 1000
 
 
 @pytest.fixture(scope="module")
-def anonymised(lfw, tmp_path_factory) -> tuple[metrics.PairSet, Path]:  # noqa: F811
+def anonymised(lfw, tmp_path_factory) -> tuple[metrics.PairSet, Path]:
     pairs = metrics.PairSet(lfw.manifest[lfw.manifest["source"].isin(lfw.prepared.ok.index)].iloc[:IMAGES],
                             lfw.prepared)
     folder = tmp_path_factory.mktemp("anonymised")
@@ -47,7 +46,7 @@ def fresh_inputs(anonymised, tmp_path: Path) -> metrics.MetricInputs:
     """Inputs with a copy of the persistent cache, so the run computes the anonymised features itself."""
     pairs, folder = anonymised
     shutil.rmtree(tmp_path / "cache", ignore_errors=True)
-    shutil.copytree(CACHE, tmp_path / "cache")
+    shutil.copytree(METRICS_CACHE, tmp_path / "cache")
     return metrics.MetricInputs(pairs, images=folder, cache=tmp_path / "cache")
 
 
@@ -79,7 +78,7 @@ def test_dlib_and_mtcnn_metrics_together(benchmark, anonymised, tmp_path):
     record(benchmark, results)
 
 
-def test_facenet_cost_per_image(benchmark, anonymised, installed):  # noqa: F811
+def test_facenet_cost_per_image(benchmark, anonymised, installed):
     """One FaceNet pass (embedding and top-1 class) per image serves a model's re-id and verification."""
     pairs, folder = anonymised
     rows = pairs.manifest[pairs.manifest["pair_id"].isin([int(p.stem) for p in folder.glob("*.png")])]
@@ -92,7 +91,7 @@ def test_facenet_cost_per_image(benchmark, anonymised, installed):  # noqa: F811
 
 
 @pytest.mark.parametrize("resize", ["clean", "legacy_pytorch"])
-def test_inception_throughput(benchmark, anonymised, installed, resize):  # noqa: F811
+def test_inception_throughput(benchmark, anonymised, installed, resize):
     _, folder = anonymised
     paths = sorted(folder.glob("*.png"))[:64]
     extractor = InceptionFeatures(resize, metrics.MetricInputs(anonymised[0], images=folder).torch_device, 32)

@@ -10,22 +10,20 @@ import shutil
 
 import pytest
 
-from pipelines import download, prepare
-from tests.conftest import default_params
+from pipelines import config, download, prepare
+from pipelines.layout import Layout
+from tests.helpers import params_mapping
 
 pytestmark = pytest.mark.realdata
 
 
 def run_fresh(tmp_path, dataset: str, root, **data) -> dict:
-    params = default_params(**{dataset: root})
-    params["data"][dataset].update(data)
-    download.RAW = tmp_path / "raw"
-    try:
-        download.run(dataset, params)
-    finally:
-        download.RAW = download.Path("data/raw")
-    shutil.rmtree(tmp_path / "prepared", ignore_errors=True)
-    return prepare.run(dataset, params, raw=tmp_path / "raw", out_root=tmp_path / "prepared")
+    mapping = params_mapping(**{dataset: root})
+    mapping["data"][dataset].update(data)
+    params, layout = config.from_mapping(mapping), Layout(tmp_path)
+    download.run(params, layout, dataset)
+    shutil.rmtree(layout.prepared(dataset), ignore_errors=True)
+    return prepare.run(params, layout, dataset)
 
 
 @pytest.mark.parametrize("variant", ["aligned", "wild"])

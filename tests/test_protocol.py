@@ -1,21 +1,19 @@
-"""The pairs stage's rules: split scaling, next-identity conditions, hybrid training pairs, LFW conditions."""
+"""The protocol's rules (facedata.protocol): split scaling, next-identity conditions, hybrid training pairs,
+LFW conditions."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pandas as pd
 import pytest
 
+from facedata.config import load
 from facedata.datasets import LfwPair
-from pipelines.pairs import celeba_pairs, lfw_pairs, split_counts
-from pipelines.params import ParamsError
+from facedata.errors import DataError, ParamsError
+from facedata.protocol import CelebaPairs, LfwPairs, celeba_pairs, lfw_pairs, split_counts
 
-SETTINGS = {
-    "train_identities": 1200,
-    "test_identities": 363,
-    "train_pairs_per_identity": 20,
-    "same_image_ratio": 0.75,
-    "different_pairs": "same_identity",
-}
+SETTINGS = CelebaPairs()
 
 
 def index_of(photos_per_identity: dict[str, int], failed: set[str] = frozenset()) -> pd.DataFrame:
@@ -35,7 +33,7 @@ def test_split_counts_full_scale_and_scaled():
     assert split_counts(5, 1200, 363) == (4, 1, True)
     assert split_counts(20, 1200, 363) == (15, 5, True)
     assert split_counts(2, 1200, 363) == (1, 1, True)
-    with pytest.raises(ValueError, match="at least 2"):
+    with pytest.raises(DataError, match="at least 2"):
         split_counts(1, 1200, 363)
 
 
@@ -67,7 +65,7 @@ def test_failed_test_photos_are_kept_and_flagged_but_never_used_as_conditions():
 @pytest.mark.parametrize("rule", ["same_identity", "any_identity"])
 def test_hybrid_training_pairs(rule):
     index = index_of({str(i): 6 for i in range(1, 11)})
-    train, _, summary = celeba_pairs(index, {**SETTINGS, "different_pairs": rule}, seed=0)
+    train, _, summary = celeba_pairs(index, replace(SETTINGS, different_pairs=rule), seed=0)
     assert len(train) == summary["train_pairs"] == 8 * 20
     assert train["same_image"].mean() == 0.75
     same, different = train[train["same_image"]], train[~train["same_image"]]
@@ -89,14 +87,14 @@ def test_pairs_are_deterministic_for_a_seed_and_change_with_it():
 @pytest.mark.parametrize(
     "key, value, message",
     [
-        ("same_image_ratio", 1.5, "same_image_ratio must be a number in"),
-        ("different_pairs", "random", "different_pairs must be one of"),
-        ("train_identities", 0, "train_identities must be an integer >= 1"),
+        ("same_image_ratio", 1.5, r"pairs.celeba.same_image_ratio must be in \[0.0, 1.0\]"),
+        ("different_pairs", "random", "pairs.celeba.different_pairs must be one of same_identity, any_identity"),
+        ("train_identities", 0, "pairs.celeba.train_identities must be >= 1"),
     ],
 )
 def test_bad_settings_are_clear_errors(key, value, message):
     with pytest.raises(ParamsError, match=message):
-        celeba_pairs(index_of({"1": 3, "2": 3}), {**SETTINGS, key: value}, seed=0)
+        load(CelebaPairs, {key: value}, "pairs.celeba")
 
 
 def lfw_fixture():
@@ -115,7 +113,7 @@ def lfw_fixture():
 @pytest.mark.parametrize("pool", ["all_pairs", "same_fold"])
 def test_lfw_conditions_come_from_a_third_person(pool):
     pairs, index = lfw_fixture()
-    frame, summary = lfw_pairs(pairs, index, {"condition_pool": pool}, seed=0)
+    frame, summary = lfw_pairs(pairs, index, LfwPairs(condition_pool=pool), seed=0)
     assert list(frame["fold"]) == [1, 1, 2, 2] and list(frame["same"]) == [True, False, True, False]
     for row in frame.itertuples():
         assert row.condition_identity not in {row.first_identity, row.source_identity}
@@ -128,16 +126,16 @@ def test_lfw_conditions_come_from_a_third_person(pool):
 def test_lfw_same_fold_pool_can_run_out_and_says_so():
     pairs, index = lfw_fixture()
     two_people = [pairs[0], LfwPair(0, False, "A/A_0001.jpg", "B/B_0001.jpg")]
-    with pytest.raises(ValueError, match="third person is available for fold 1"):
-        lfw_pairs(two_people, index, {"condition_pool": "same_fold"}, seed=0)
+    with pytest.raises(DataError, match="third person is available for fold 1"):
+        lfw_pairs(two_people, index, LfwPairs(condition_pool="same_fold"), seed=0)
 
 
 def test_lfw_can_keep_the_first_pairs_of_each_class_per_fold():
     pairs, index = lfw_fixture()
-    frame, summary = lfw_pairs(pairs, index, {"condition_pool": "all_pairs", "pairs_per_class": 1}, seed=0)
+    frame, summary = lfw_pairs(pairs, index, LfwPairs(pairs_per_class=1), seed=0)
     assert len(frame) == 4 and summary["pairs_per_class"] == 1  # the fixture has one of each per fold
     more = pairs + [LfwPair(0, True, "A/A_0002.jpg", "A/A_0001.jpg"), LfwPair(1, False, "D/D_0001.jpg", "E/E_0001.jpg")]
-    frame, _ = lfw_pairs(more, index, {"condition_pool": "all_pairs", "pairs_per_class": 1}, seed=0)
+    frame, _ = lfw_pairs(more, index, LfwPairs(pairs_per_class=1), seed=0)
     assert list(frame["source"]) == [p.second for p in pairs]  # the first of each (fold, class), in file order
-    with pytest.raises(ParamsError, match="pairs_per_class must be an integer >= 1"):
-        lfw_pairs(pairs, index, {"condition_pool": "all_pairs", "pairs_per_class": 0}, seed=0)
+    with pytest.raises(ParamsError, match="pairs.lfw.pairs_per_class must be >= 1"):
+        load(LfwPairs, {"pairs_per_class": 0}, "pairs.lfw")

@@ -1,0 +1,93 @@
+"""Where the pipeline's files live: one object owns every path that dvc.yaml declares.
+
+Stages and tests build paths only through a `Layout`; `Layout(root)` is the same layout inside
+another folder (a test's copy of the repository). dvc.yaml spells the same paths for DVC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from facedata.errors import MissingInputError
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path = Path(".")
+
+    @property
+    def params_file(self) -> Path:
+        return self.root / "params.yaml"
+
+    def path(self, user_path: str | Path) -> Path:
+        """A path from params.yaml: relative ones are relative to the repository root."""
+        path = Path(user_path).expanduser()
+        return path if path.is_absolute() else self.root / path
+
+    # -- data --------------------------------------------------------------------------------
+    def raw(self, dataset: str) -> Path:
+        return self.root / "data" / "raw" / dataset
+
+    def source(self, dataset: str) -> Path:
+        """download@<dataset>'s record of where the images and protocol files are."""
+        return self.raw(dataset) / "source.json"
+
+    def prepared(self, dataset: str) -> Path:
+        return self.root / "data" / "prepared" / dataset
+
+    @property
+    def pairs(self) -> Path:
+        return self.root / "data" / "pairs"
+
+    @property
+    def train_pairs(self) -> Path:
+        return self.pairs / "celeba_train.csv"
+
+    def test_pairs(self, dataset: str) -> Path:
+        return self.pairs / f"{dataset}_test.csv"
+
+    # -- models ------------------------------------------------------------------------------
+    def checkpoint(self, method: str) -> Path:
+        return self.root / "models" / method / "checkpoint.pt"
+
+    def live(self, method: str) -> Path:
+        """DVCLive's folder of a trained method."""
+        return self.root / "dvclive" / method
+
+    # -- outputs, results, reports -------------------------------------------------------------
+    @property
+    def outputs_root(self) -> Path:
+        return self.root / "outputs"
+
+    def outputs(self, dataset: str, method: str) -> Path:
+        return self.outputs_root / dataset / method
+
+    @property
+    def results_root(self) -> Path:
+        return self.root / "results"
+
+    def results(self, dataset: str, method: str) -> Path:
+        return self.results_root / dataset / f"{method}.json"
+
+    def pair_results(self, dataset: str, method: str) -> Path:
+        return self.results_root / dataset / f"{method}.pairs.csv"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def paper_numbers(self) -> Path:
+        return self.reports / "paper_numbers.yaml"
+
+    @property
+    def live_root(self) -> Path:
+        return self.root / "dvclive"
+
+
+def require(path: Path, stage: str) -> Path:
+    """`path` if it exists, else a MissingInputError saying which stage makes it."""
+    if not path.exists():
+        raise MissingInputError(f"{path} not found: run `dvc repro {stage}` first")
+    return path

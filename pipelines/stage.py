@@ -1,0 +1,53 @@
+"""The one entry point of every stage: parse the item, load params.yaml, run, fail in one line.
+
+    main(run, "prepare", __doc__, item="dataset", choices=DATASETS)
+
+calls `run(params, layout, item)` (or `run(params, layout)` for a stage without items). A
+`SuiteError` (bad parameter, bad data, missing input or weights, failed download, ...) ends the
+process with one line `<stage>@<item>: <message>` on stderr and exit status 2; an interruption
+with one line and status 130. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from facedata.errors import SuiteError
+from pipelines import config
+from pipelines.layout import Layout
+
+#: Exit status of a stage stopped by a SuiteError.
+USER_ERROR = 2
+
+
+def guarded(label: str, function: Callable[[], Any]) -> Any:
+    """`function()`, with the project's own errors turned into one line and exit status 2."""
+    try:
+        return function()
+    except SuiteError as error:
+        print(f"{label}: " + " ".join(str(error).split()), file=sys.stderr)  # one line, whatever the message
+        raise SystemExit(USER_ERROR) from None
+    except KeyboardInterrupt:
+        print(f"{label}: interrupted; finished work is kept, re-run to continue", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def main(run: Callable[..., Any], name: str, doc: str | None, *, item: str | None = None,
+         choices: Sequence[str] | None = None, argv: list[str] | None = None, layout: Layout = Layout()) -> Any:
+    """Parse `argv`, load params.yaml from `layout` and call `run`; see the module doc."""
+    parser = argparse.ArgumentParser(prog=f"python -m pipelines.{name}", description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    if item is not None:
+        parser.add_argument(item, choices=choices)
+    args = parser.parse_args(argv)
+    value = getattr(args, item) if item is not None else None
+    label = name if value is None else f"{name}@{value}"
+
+    def call() -> Any:
+        params = config.load(layout.params_file)
+        return run(params, layout) if value is None else run(params, layout, value)
+
+    return guarded(label, call)

@@ -1,0 +1,265 @@
+"""Builders shared by the tests: repository copies, params, fake prepared datasets, face batches, an HTTP server.
+
+Tests import from here (never from another test module); fixtures live in conftest.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from PIL import Image
+
+from anonygan.model import ModelConfig
+from anonygan.training import TrainConfig
+from baselines import FaceBatch
+from facedata.fetch import file_digest
+from facedata.prepared import PreparedDataset, crop_relpath, mask_relpath
+from metrics import weights
+from pipelines import config
+from pipelines.layout import Layout
+from pipelines.profile import changes, overlay
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("ANONYGAN_SHARED_DATA", REPO.parent / "shared" / "data"))
+#: Prepared minis are cached here between test runs; rows are keyed by photo bytes and settings.
+PREPARED_CACHE = REPO / ".cache" / "test-prepared"
+#: Metric features of real crops, cached by content between runs.
+METRICS_CACHE = REPO / ".cache" / "metrics"
+#: The tiny test crop of AnonyGAN's tests: divisible by 4, large enough for the PatchGANs' 6 layers.
+SMALL = (64, 52)
+
+
+# --- the repository and its params ------------------------------------------------------------
+
+def repository_copy(destination: Path) -> Layout:
+    """A fresh git repository holding the project's tracked and unignored files, committed once."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (REPO / name).is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, destination / name)
+    identity = ["-c", "user.name=tests", "-c", "user.email=tests@localhost"]
+    for command in (["init", "-q"], ["add", "-A"], [*identity, "commit", "-q", "-m", "copy"]):
+        subprocess.run(["git", *command], cwd=destination, check=True, capture_output=True)
+    return Layout(destination)
+
+
+def dvc(layout: Layout, *args: str) -> str:
+    """Run dvc in the layout's repository; a failure shows its whole output."""
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=layout.root, capture_output=True, text=True,
+                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def params_mapping(profile: str | None = None, **roots: Path) -> dict[str, Any]:
+    """params.yaml as plain data, with a profile's values and dataset roots (celeba=..., lfw=...) applied."""
+    mapping = yaml.safe_load((REPO / "params.yaml").read_text())
+    if profile is not None:
+        overlay(mapping, changes(profile, Layout(REPO)))
+    for dataset, root in roots.items():
+        mapping["data"][dataset]["root"] = str(root)
+    return mapping
+
+
+def params(profile: str | None = None, **roots: Path) -> config.Params:
+    """Typed params (see `params_mapping`)."""
+    return config.from_mapping(params_mapping(profile, **roots))
+
+
+def profile_from(repository: Path, destination: Path) -> Layout:
+    """A layout in `destination` holding a copy of the repository's params.yaml and profiles/."""
+    (destination / "profiles").mkdir(parents=True)
+    shutil.copy(repository / "params.yaml", destination / "params.yaml")
+    for profile in (repository / "profiles").glob("*.yaml"):
+        shutil.copy(profile, destination / "profiles" / profile.name)
+    return Layout(destination)
+
+
+def write_params(layout: Layout, mapping: dict[str, Any]) -> None:
+    layout.params_file.write_text(yaml.safe_dump(mapping, sort_keys=False))
+
+
+# --- data -------------------------------------------------------------------------------------
+
+def write_prepared(root: Path, faces: list[dict[str, Any]]) -> Path:
+    """A prepared dataset in the `prepare` stage's layout: crops, masks and an index with status ok.
+
+    Each face is a dict with key, identity, crop ((H, W, 3) uint8), landmarks ((68, 2)) and
+    optionally mask ((H, W) bool; default: all False).
+    """
+    rows = []
+    for face in faces:
+        crop = face["crop"]
+        mask = face.get("mask", np.zeros(crop.shape[:2], bool))
+        images = {crop_relpath(face["key"]): crop, mask_relpath(face["key"]): mask.astype(np.uint8) * 255}
+        for relpath, image in images.items():
+            (root / relpath).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(root / relpath)
+        rows.append({"key": face["key"], "identity": str(face["identity"]), "status": "ok", "detail": "",
+                     "landmarks": np.asarray(face["landmarks"], np.float32).ravel().tolist()})
+    pd.DataFrame(rows).to_parquet(root / "index.parquet", index=False)
+    return root
+
+
+def make_batch(images: np.ndarray, masks: np.ndarray, identities: list[str] | None = None,
+               landmarks: np.ndarray | None = None) -> FaceBatch:
+    """A FaceBatch of the given sources; conditions are the sources in reverse order."""
+    n = len(images)
+    landmarks = np.zeros((n, 68, 2), np.float32) if landmarks is None else landmarks.astype(np.float32)
+    return FaceBatch(pair_ids=list(range(n)), source=images, source_mask=masks, source_landmarks=landmarks,
+                     condition=images[::-1].copy(), condition_landmarks=landmarks[::-1].copy(),
+                     source_identity=identities or [str(i) for i in range(n)])
+
+
+def prepare_dataset(name: str, dataset: str, root: Path, **data_overrides) -> Path:
+    """Run the download (verify) and prepare stages on a local copy, cached; returns its prepared folder."""
+    from pipelines import download, prepare
+
+    mapping = params_mapping(**{dataset: root})
+    mapping["data"][dataset].update(data_overrides)
+    typed, layout = config.from_mapping(mapping), Layout(PREPARED_CACHE / name)
+    download.run(typed, layout, dataset)
+    prepare.run(typed, layout, dataset)
+    return layout.prepared(dataset)
+
+
+def pair_manifest(prepared: Path) -> pd.DataFrame:
+    """Training pairs of a prepared set: each face with itself, and with the next face of its identity."""
+    index = PreparedDataset(prepared).ok
+    rows = []
+    for _, faces in index.groupby("identity"):
+        keys = list(faces["key"])
+        rows += [(key, key, True) for key in keys]
+        rows += [(key, keys[(i + 1) % len(keys)], False) for i, key in enumerate(keys)]
+    frame = pd.DataFrame(rows, columns=["source", "condition", "same_image"])
+    identity = index["identity"]  # indexed by key
+    frame["source_identity"] = frame["source"].map(identity)
+    frame["condition_identity"] = frame["condition"].map(identity)
+    frame.insert(0, "pair_id", range(len(frame)))
+    return frame
+
+
+def tiny_configs(method: str = "anonygan-68", **overrides) -> tuple[ModelConfig, TrainConfig]:
+    """The small profile's settings of a variant, with dotted overrides such as `train.epochs=3`."""
+    mapping = params_mapping("small")
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".")
+        mapping[section][key] = value
+    return config.from_mapping(mapping).variant(method)
+
+
+def interrupted_at(trainer_class: type, epoch: int):
+    """A `train_epoch` for `trainer_class` that stops (KeyboardInterrupt, as Ctrl-C) before epoch `epoch + 1`."""
+    train_epoch = trainer_class.train_epoch
+
+    def interrupted(self, progress):
+        if self.epoch == epoch:
+            raise KeyboardInterrupt
+        return train_epoch(self, progress)
+
+    return interrupted
+
+
+# --- pretrained weights -----------------------------------------------------------------------
+
+def register_file(monkeypatch, name: str, path: Path, url: str) -> None:
+    """Make PRETRAINED[name] describe the test's own file."""
+    spec = weights.PretrainedFile(path.name, url, file_digest(path, "sha256"), path.stat().st_size)
+    monkeypatch.setitem(weights.PRETRAINED, name, spec)
+
+
+def calibrated(network: torch.nn.Module, size: int) -> torch.nn.Module:
+    """Random weights with batch-norm statistics measured on random images.
+
+    Freshly initialised running statistics shrink activations layer after layer until every
+    image gives nearly the same features; measured ones keep features image-dependent.
+    """
+    for module in network.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the calibration batch
+    network.train()
+    with torch.no_grad():
+        network(torch.rand(6, 3, size, size) * 2 - 1)
+    return network.eval()
+
+
+# --- HTTP -------------------------------------------------------------------------------------
+
+class FileServer:
+    """Files served over HTTP on 127.0.0.1, with the failure modes downloads must survive.
+
+    `files` maps URL paths to bytes or (content type, bytes). `cut_after[path] = n` closes
+    the connection after n bytes on the next request for that path; `fail_next[path] = k`
+    answers the next k requests with 503. Every request's path and Range header is logged.
+    """
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        self.files: dict[str, bytes | tuple[str, bytes]] = {}
+        self.cut_after: dict[str, int] = {}
+        self.fail_next: dict[str, int] = {}
+        self.requests: list[tuple[str, str | None]] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                path = self.path.split("?", 1)[0]
+                server.requests.append((self.path, self.headers.get("Range")))
+                if server.fail_next.get(path, 0) > 0:
+                    server.fail_next[path] -= 1
+                    self.send_error(503)
+                    return
+                entry = server.files.get(path)
+                if entry is None:
+                    self.send_error(404)
+                    return
+                content_type, body = entry if isinstance(entry, tuple) else ("application/octet-stream", entry)
+                start = 0
+                if self.headers.get("Range", "").startswith("bytes="):
+                    start = int(self.headers["Range"][6:].split("-")[0])
+                    if start >= len(body):
+                        self.send_error(416)
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body) - start))
+                self.end_headers()
+                payload = body[start:]
+                cut = server.cut_after.pop(path, None)
+                if cut is not None:
+                    self.wfile.write(payload[:cut])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(payload)
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}{path}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
