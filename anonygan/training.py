@@ -221,12 +221,15 @@ class Trainer(runtime.EpochTrainer):
             "wfm": zero,
             "reconstruction": zero,
         }
-        matched = ~x.same_image if cfg.wfm_samples == "different" else torch.ones_like(x.same_image)
-        if cfg.context_matching and matched.any():
+        matched = ~x.same_image if cfg.wfm_samples == "different" else None  # None: every sample
+        if cfg.context_matching and (matched is None or matched.any()):
             with torch.no_grad():
                 real_features = self.d_app(x.source, x.condition)
-            terms["wfm"] = losses.weak_feature_matching([f[matched] for f in fake_features[:-1]],
-                                                        [f[matched] for f in real_features[:-1]],
+
+            def samples(features: list[Tensor]) -> list[Tensor]:
+                return [f if matched is None else f[matched] for f in features[:-1]]
+
+            terms["wfm"] = losses.weak_feature_matching(samples(fake_features), samples(real_features),
                                                         cfg.wfm_layer_weight)
         same = x.same_image
         if same.any():

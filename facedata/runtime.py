@@ -162,10 +162,6 @@ def comparable(settings: dict[str, Any], ignored: set[str] = frozenset()) -> dic
             for key, value in settings.items() if key not in ignored}
 
 
-#: What a trainer does with a checkpoint of other settings (`resume` in its settings).
-RESUME_RULES = ("same_settings", "continue")
-
-
 class EpochTrainer(ABC):
     """Checkpointing, resuming, finiteness checks and logging around a subclass's epochs.
 

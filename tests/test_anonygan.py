@@ -4,6 +4,7 @@ training on real faces (hybrid batches, overfitting, exact resume), checkpoints,
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -277,6 +278,27 @@ def test_gan_and_feature_matching_losses():
     assert losses.weak_feature_matching(fake, real, 0.8).item() == pytest.approx(0.8 * 4.0)  # the authors' weight
     matched.backward()
     assert fake[0].grad is not None
+
+
+def test_context_matching_covers_every_sample_by_default_or_the_different_image_pairs(tmp_path):
+    model, config = tiny_configs()
+    condition, source, mask, condition_maps, source_maps = random_inputs(model, 4, SMALL)
+    x = NetworkInputs(source=source, condition=condition, context=source * (1 - mask), mask=mask,
+                      source_maps=source_maps, condition_maps=condition_maps,
+                      same_image=torch.tensor([False, True, True, True]))
+    trainer = Trainer(model, config, data=None, checkpoint=tmp_path / "checkpoint.pt")
+    with torch.no_grad():
+        generated = trainer.generator(x.condition, x.context, x.condition_maps, x.source_maps)
+        fake, real = trainer.d_app(generated, x.condition)[:-1], trainer.d_app(x.source, x.condition)[:-1]
+
+        def expected(rows):  # the authors' 0.8 per layer, each layer's mean L1 over the rows
+            return 0.8 * sum(F.l1_loss(f[rows], r[rows]) for f, r in zip(fake, real, strict=True))
+
+        assert config.wfm_samples == "all" and config.wfm_layer_weight == 0.8
+        every = trainer.generator_losses(x, generated)["wfm"]
+        assert torch.allclose(every, expected(slice(None)))
+        trainer.config = replace(config, wfm_samples="different")
+        assert torch.allclose(trainer.generator_losses(x, generated)["wfm"], expected(slice(0, 1)))
 
 
 @pytest.mark.parametrize("method", VARIANTS)
