@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -47,6 +48,27 @@ def landmark_maps(landmarks: Tensor, indices: Sequence[int], height: int, width:
     maps = torch.zeros(len(landmarks), len(indices), height * width, device=landmarks.device)
     maps[sample, channel, y[inside] * width + x[inside]] = 1.0
     return maps.view(len(landmarks), len(indices), height, width)
+
+
+#: The authors' training maps were one-hot on their 218x178 images, then resized to the 220x180 network input.
+AUTHORS_MAP_SCALE = (218 / 220, 178 / 180)  # (height, width) of their map grid relative to the crop
+
+
+def resized_landmark_maps(landmarks: Tensor, indices: Sequence[int], height: int, width: int) -> Tensor:
+    """The authors' training maps: one-hot on a grid 218/220 x 178/180 of the crop, bilinearly resized to it.
+
+    Their loader drew one-hot maps on the 218x178 aligned photo and resized them to 220x180 with
+    torchvision's Resize (bilinear, align_corners=False, no antialiasing), so each point spreads
+    over a few pixels. Landmarks are mapped to that grid in pixel-centre coordinates.
+    """
+    grid = (round(height * AUTHORS_MAP_SCALE[0]), round(width * AUTHORS_MAP_SCALE[1]))
+    scale = landmarks.new_tensor([grid[1] / width, grid[0] / height])
+    one_hot = landmark_maps((landmarks + 0.5) * scale - 0.5, indices, *grid)
+    return F.interpolate(one_hot, size=(height, width), mode="bilinear", align_corners=False)
+
+
+#: How landmark maps are drawn: exact one-hot (test time, both codes) | the authors' resized training maps.
+LANDMARK_MAPS = {"one_hot": landmark_maps, "resized": resized_landmark_maps}
 
 
 class PairData(Dataset):
@@ -121,7 +143,10 @@ class NetworkInputs:
 
     @classmethod
     def build(cls, batch: dict[str, Tensor], landmark_indices: Sequence[int], device: torch.device,
-              memory_format: torch.memory_format = torch.contiguous_format) -> NetworkInputs:
+              memory_format: torch.memory_format = torch.contiguous_format, maps: str = "one_hot") -> NetworkInputs:
+        """`maps`: how landmark maps are drawn, a key of LANDMARK_MAPS."""
+        draw = LANDMARK_MAPS[maps]
+
         def image(tensor: Tensor) -> Tensor:
             return to_unit_range(tensor.to(device, non_blocking=True)).contiguous(memory_format=memory_format)
 
@@ -129,11 +154,10 @@ class NetworkInputs:
         height, width = source.shape[-2:]
         mask = batch["mask"].to(device).unsqueeze(1).float().contiguous(memory_format=memory_format)
 
-        def maps(landmarks: Tensor) -> Tensor:
-            drawn = landmark_maps(landmarks.to(device), landmark_indices, height, width)
-            return drawn.contiguous(memory_format=memory_format)
+        def drawn(landmarks: Tensor) -> Tensor:
+            return draw(landmarks.to(device), landmark_indices, height, width).contiguous(memory_format=memory_format)
 
         return cls(source=source, condition=condition, context=source * (1 - mask), mask=mask,
-                   source_maps=maps(batch["source_landmarks"]),
-                   condition_maps=maps(batch["condition_landmarks"]),
+                   source_maps=drawn(batch["source_landmarks"]),
+                   condition_maps=drawn(batch["condition_landmarks"]),
                    same_image=batch["same_image"].to(device).bool())

@@ -22,12 +22,15 @@ def discriminator(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
     return (adversarial(real_logits, True) + adversarial(fake_logits, False)) / 2
 
 
-def weak_feature_matching(fake_features: list[Tensor], real_features: list[Tensor]) -> Tensor:
-    """Eq. (4): sum over layers of the mean L1 between D_app features of (I_g, I_c) and (I_s, I_c).
+def weak_feature_matching(fake_features: list[Tensor], real_features: list[Tensor], layer_weight: float = 1.0
+                          ) -> Tensor:
+    """Eq. (4): sum over layers of the mean L1 between D_app features of (I_g, I_c) and (I_s, I_c), each
+    layer weighted `layer_weight` (the authors' code: 4 / (4 layers + 1) = 0.8).
 
     Real features are targets (detached); only the generator learns from this term.
     """
-    return sum(F.l1_loss(fake, real.detach()) for fake, real in zip(fake_features, real_features, strict=True))
+    return layer_weight * sum(F.l1_loss(fake, real.detach())
+                              for fake, real in zip(fake_features, real_features, strict=True))
 
 
 def reconstruction(generated: Tensor, source: Tensor, mask: Tensor, region: str) -> Tensor:

@@ -25,7 +25,7 @@ from facedata import runtime
 from facedata.config import at_least, between, odd
 from facedata.landmarks import LANDMARK_SETS
 
-CHECKPOINT_KIND, CHECKPOINT_FORMAT = "anonygan", 2
+CHECKPOINT_KIND, CHECKPOINT_FORMAT = "anonygan", 3
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,9 @@ class ModelConfig:
     discriminator_channels: Annotated[int, at_least(1)] = 64
     # Authors' code: I_g = G * A + I_sc * (1 - A); the paper: I_g = I_c * A + G * (1 - A).
     output_blend: Literal["context", "condition"] = "context"
+    # The attention decoder's last 1x1 layer: conv_transpose (authors' code, ConvTranspose2d(64, 1, 1): default
+    # init U(-1, 1), weight [64, 1, 1, 1]) | conv (Conv2d(64, 1, 1): U(-1/8, 1/8), weight [1, 64, 1, 1]); same map.
+    attention_output: Literal["conv_transpose", "conv"] = "conv_transpose"
 
     @property
     def landmark_indices(self) -> tuple[int, ...]:
@@ -50,7 +53,9 @@ class ModelConfig:
 class LandmarkAttention(nn.Module):
     """Eq. (1), Efficient Channel Attention: w = sigmoid(Conv1D_J(GAP(maps))), maps * w.
 
-    On one-hot landmark maps GAP is ~1/(H*W) per channel, so w starts near sigmoid(0) = 0.5.
+    On one-hot landmark maps GAP is ~1/(H*W) per channel, so w starts near sigmoid(0) = 0.5. It always
+    runs in fp32: in bf16, sigmoid of anything below ~4e-3 rounds to exactly 0.5, which under bf16
+    autocast would make the attention a constant x0.5.
     """
 
     def __init__(self, kernel_size: int):
@@ -58,9 +63,11 @@ class LandmarkAttention(nn.Module):
         self.conv = nn.Conv1d(1, 1, kernel_size, padding=kernel_size // 2, bias=False)
 
     def forward(self, maps: Tensor) -> Tensor:
-        pooled = maps.mean(dim=(2, 3)).unsqueeze(1)  # (N, 1, C): channels form the 1-D signal
-        weights = torch.sigmoid(self.conv(pooled)).squeeze(1)
-        return maps * weights[:, :, None, None]
+        with torch.autocast(maps.device.type, enabled=False):
+            maps = maps.float()
+            pooled = maps.mean(dim=(2, 3)).unsqueeze(1)  # (N, 1, C): channels form the 1-D signal
+            weights = torch.sigmoid(self.conv(pooled)).squeeze(1)
+            return maps * weights[:, :, None, None]
 
 
 class Encoder(nn.Sequential):
@@ -174,12 +181,18 @@ class ImageDecoder(nn.Sequential):
 
 
 class AttentionDecoder(nn.Sequential):
-    """F^i_K -> the one-channel attention mask A in (0, 1). Linear until the sigmoid, as the authors'."""
+    """F^i_K -> the one-channel attention mask A in (0, 1). Linear until the sigmoid, as the authors'.
 
-    def __init__(self, base: int):
+    The last layer is a 1x1 map from `base` channels to 1, as a transposed convolution (the authors') or a
+    convolution: the same function, but PyTorch initialises the first with U(-1, 1) and the second with
+    U(-1/sqrt(base), 1/sqrt(base)), and their weights are [base, 1, 1, 1] and [1, base, 1, 1].
+    """
+
+    def __init__(self, base: int, output_layer: str = "conv_transpose"):
+        last = {"conv_transpose": nn.ConvTranspose2d, "conv": nn.Conv2d}[output_layer]
         super().__init__(
             upsample(4 * base, 2 * base), upsample(2 * base, base),
-            nn.Conv2d(base, 1, 1, bias=False), nn.Sigmoid(),
+            last(base, 1, 1, bias=False), nn.Sigmoid(),
         )
 
 
@@ -205,7 +218,7 @@ class Generator(nn.Module):
             for k in range(config.graph_blocks)
         )
         self.image_decoder = ImageDecoder(base)
-        self.attention_decoder = AttentionDecoder(base)
+        self.attention_decoder = AttentionDecoder(base, config.attention_output)
 
     def forward(self, condition: Tensor, context: Tensor, condition_maps: Tensor,
                 source_maps: Tensor) -> Tensor:
@@ -255,7 +268,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint written by `anonygan.training.Trainer`, on CPU; a DataError naming the file otherwise.
 
     It holds `model_config` (this module's ModelConfig as a dict) and `modules` (the networks'
-    state dicts by name: generator, d_app, d_lm, then optimisers and schedulers).
+    state dicts by name: generator, d_app, d_lm, then the optimisers).
     """
     return runtime.load_checkpoint(path, CHECKPOINT_KIND, CHECKPOINT_FORMAT)
 

@@ -38,6 +38,12 @@ CELEBA_ARCHIVES = {
     ),
 }
 CELEBA_FOLDERS = {"aligned": "img_align_celeba", "wild": "img_celeba"}
+# The paper's protocol list: CIAGAN's identity ids (dvl-tum/ciagan, master branch, MIT licence).
+CIAGAN_IDENTITY_LIST = Remote(
+    "legit_indices.npy",
+    "https://raw.githubusercontent.com/dvl-tum/ciagan/master/dataset/celeba/legit_indices.npy",
+    "sha256:e2f1efc83f536bde9d7d18ccfedc3caa9b62eb7190e55b3448eed7a761dbfc55",
+)
 
 # LFW on the UMass site (MD5s as torchvision lists them); figshare mirrors (SHA-256 as scikit-learn
 # lists them) where one exists, preferred because the UMass site is often down.
@@ -67,8 +73,11 @@ class CelebaData:
     # Folder holding img_align_celeba/ (or img_celeba/) and identity_CelebA.txt; None = download.
     root: str | None = None
     variant: Literal["aligned", "wild"] = "aligned"  # aligned (178x218) | wild (img_celeba, local copies only)
-    # CIAGAN's protocol: identities with >= 30 images (1,563 in full CelebA)
-    min_images_per_identity: Annotated[int, at_least(1)] = 30
+    # The protocol's identity list (facedata.protocol): ciagan = CIAGAN's legit_indices.npy, the paper's 1,563
+    # identities | derived = identities with >= min_images_per_identity photos; both in string order.
+    identity_list: Literal["ciagan", "derived"] = "ciagan"
+    identity_list_file: str | None = None  # a local copy of legit_indices.npy; None = download it
+    min_images_per_identity: Annotated[int, at_least(1)] = 30  # the derived list's rule (2,360 ids in full CelebA)
 
 
 @dataclass(frozen=True)
@@ -119,14 +128,6 @@ def read_identities(path: Path) -> dict[str, str]:
             raise ProtocolFileError(f"{path}:{number}: {fields[0]} is listed twice")
         identities[fields[0]] = fields[1]
     return identities
-
-
-def eligible_identities(identities: dict[str, str], min_images: int) -> list[str]:
-    """Identities with at least `min_images` images, in the protocol's fixed order (ascending number)."""
-    counts: dict[str, int] = {}
-    for identity in identities.values():
-        counts[identity] = counts.get(identity, 0) + 1
-    return sorted((i for i, n in counts.items() if n >= min_images), key=int)
 
 
 # --- LFW pairs.txt ------------------------------------------------------------------------------

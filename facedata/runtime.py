@@ -1,27 +1,35 @@
-"""The torch runtime shared by trainers, inference and metrics: device, precision, updates, checkpoints.
+"""The torch runtime shared by trainers, inference and metrics: device, precision, updates, processes, checkpoints.
 
 `EpochTrainer` is the contract both trainers (AnonyGAN, CIAGAN) follow: an epoch is a fixed
 number of steps whose batches depend only on (seed, epoch); a checkpoint every `checkpoint_every`
-epochs holds networks, optimisers, schedulers and the global RNG state, written atomically; a
-re-run resumes from it when it was written with the same settings and then continues exactly as
-an uninterrupted run would (on CPU); a non-finite loss stops the run naming the loss, epoch and
-step; losses per epoch and sample grids go to DVCLive.
+epochs holds networks, optimisers and the global RNG state, written atomically; a re-run resumes
+from it when it was written with the same settings and then continues exactly as an uninterrupted
+run would (on CPU); a checkpoint of other settings is never overwritten (it is set aside, or, with
+`resume: continue`, continued with new learning rates or precision); a non-finite loss stops the
+run naming the loss, epoch and step; losses per epoch and sample grids go to DVCLive.
+
+Several processes (a `torchrun` launch) share one run: `process_group` joins them, gradients are
+summed over them (`sum_gradients`), only the first process writes checkpoints and logs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
+import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from PIL import Image
 from tqdm import tqdm
 
 from facedata.atomic import atomic_path
-from facedata.errors import DataError, SuiteError
+from facedata.errors import DataError, ParamsError, SuiteError
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -54,6 +62,83 @@ def update(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
     optimizer.step()
 
 
+# -- several processes (torchrun) ---------------------------------------------------------------
+
+
+def world() -> tuple[int, int]:
+    """(rank of this process, number of processes) of the process group; (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def launched_processes() -> int:
+    """How many processes torchrun started for this run (its WORLD_SIZE); 1 without torchrun."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+@contextlib.contextmanager
+def process_group() -> Iterator[torch.device]:
+    """The device of this process, inside torchrun's process group when it started several.
+
+    CUDA processes use NCCL and GPU LOCAL_RANK; CPU processes use gloo. One process needs no group.
+    """
+    if launched_processes() == 1:
+        yield default_device()
+        return
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield device
+    finally:
+        dist.destroy_process_group()
+
+
+def sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` summed over the processes, in place; unchanged in one process."""
+    if world()[1] > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def sum_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
+    """Each gradient summed over the processes in one all-reduce (missing gradients count as 0)."""
+    if world()[1] == 1:
+        return
+    parameters = list(parameters)
+    for parameter in parameters:
+        if parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
+    gradients = [parameter.grad for parameter in parameters]
+    flat = sum_over_processes(torch.cat([gradient.reshape(-1) for gradient in gradients]))
+    for gradient, summed in zip(gradients, flat.split([g.numel() for g in gradients]), strict=True):
+        gradient.copy_(summed.view_as(gradient))
+
+
+def barrier() -> None:
+    """Wait for every process (no-op in one process)."""
+    if world()[1] > 1:
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def frozen(*modules: torch.nn.Module) -> Iterator[None]:
+    """No parameter gradients for `modules` inside the block; gradients still flow through them."""
+    states = [[p.requires_grad for p in module.parameters()] for module in modules]
+    for module in modules:
+        module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for module, flags in zip(modules, states, strict=True):
+            for parameter, flag in zip(module.parameters(), flags, strict=True):
+                parameter.requires_grad_(flag)
+
+
 def load_checkpoint(path: Path, kind: str, format_version: int) -> dict[str, Any]:
     """A checkpoint dict written by `EpochTrainer.save`, on CPU; a DataError naming the file otherwise.
 
@@ -80,15 +165,20 @@ def comparable(settings: dict[str, Any], ignored: set[str] = frozenset()) -> dic
 class EpochTrainer(ABC):
     """Checkpointing, resuming, finiteness checks and logging around a subclass's epochs.
 
-    A subclass sets `kind`, `format_version`, `checkpoint`, `live_dir`, `epochs`,
-    `checkpoint_every`, `sample_every` and `steps_per_epoch`, and implements the abstract methods.
+    A subclass sets `kind`, `format_version`, `settings_name`, `checkpoint`, `live_dir`, `epochs`,
+    `checkpoint_every`, `sample_every`, `steps_per_epoch` and `resume_rule`, and implements the
+    abstract methods. In a run of several processes every process trains; the first one writes
+    checkpoints and logs.
     """
 
     kind: str
     format_version: int
+    settings_name: str  # where the settings are in params.yaml ("train", "ciagan.train"), for messages
     checkpoint: Path
     live_dir: Path | None
     epoch: int = 0  # finished epochs
+    saved_epoch: int | None = None  # the finished epochs the checkpoint on disk holds, once known
+    continued: list[dict[str, Any]]  # every `resume: continue` with changed settings: epoch and changes
 
     @property
     @abstractmethod
@@ -106,42 +196,58 @@ class EpochTrainer(ABC):
     @abstractmethod
     def steps_per_epoch(self) -> int: ...
 
+    @property
+    @abstractmethod
+    def resume_rule(self) -> str:
+        """same_settings: a checkpoint of other settings is set aside | continue: it is continued (see `resume`)."""
+
     @abstractmethod
     def settings(self) -> dict[str, dict[str, Any]]:
         """The configurations a checkpoint must match to be resumed, as plain dicts (see `resume_ignores`)."""
 
     #: Per settings group, the keys that do not change what is computed (workers, logging cadence).
     resume_ignores: dict[str, set[str]] = {}
+    #: Per settings group, the keys `resume: continue` may change (learning rates, precision).
+    resume_changeable: dict[str, set[str]] = {}
 
     @abstractmethod
     def train_epoch(self, progress: tqdm) -> dict[str, float]:
         """Run epoch `self.epoch + 1` (calling `check_finite` per step); returns the mean of each loss."""
 
     @abstractmethod
-    def end_epoch(self) -> None:
-        """Called after each epoch (learning-rate schedules)."""
-
-    @abstractmethod
     def modules(self) -> dict[str, Any]:
-        """Everything with a state_dict to checkpoint: networks, optimisers, schedulers, by name."""
+        """Everything with a state_dict to checkpoint: networks and optimisers, by name."""
 
     @abstractmethod
     def sample_grid(self) -> Image.Image:
         """A grid of fixed samples, for DVCLive."""
+
+    @abstractmethod
+    def restore_settings(self) -> None:
+        """After a checkpoint is continued with other settings: re-apply what its optimiser states override."""
+
+    @property
+    def rank(self) -> int:
+        return world()[0]
+
+    @property
+    def processes(self) -> int:
+        return world()[1]
 
     # -- the run ------------------------------------------------------------------------------
 
     def fit(self) -> None:
         """Train to `epochs`, resuming from the checkpoint when it belongs to these settings."""
         resumed = self.resume()
-        live = self._live(resumed)
+        main = self.rank == 0
+        live = self._live(resumed) if main else None
         progress = tqdm(total=self.epochs * self.steps_per_epoch, initial=self.epoch * self.steps_per_epoch,
-                        unit="step", desc=f"train {self.checkpoint.parent.name}", dynamic_ncols=True, disable=None)
+                        unit="step", desc=f"train {self.checkpoint.parent.name}", dynamic_ncols=True,
+                        disable=None if main else True)
         try:
             while self.epoch < self.epochs:
                 means = self.train_epoch(progress)
                 self.epoch += 1
-                self.end_epoch()
                 if live is not None:
                     self._log(live, means)
                 if self.epoch % self.checkpoint_every == 0 or self.epoch == self.epochs:
@@ -152,13 +258,23 @@ class EpochTrainer(ABC):
                 live.end()
 
     def check_finite(self, losses: dict[str, float], step: int) -> None:
-        """Stop with the loss, epoch and step named when a loss is NaN or infinite."""
+        """Stop with the loss, epoch and step named when a loss is NaN or infinite, saying how to go on."""
         for name, value in losses.items():
             if not math.isfinite(value):
-                raise NonFiniteLossError(
-                    f"{name} = {value} at epoch {self.epoch + 1}, step {step}: training stopped; "
-                    f"{self.checkpoint} still holds the last good state (lower the learning rates "
-                    "or train in fp32)")
+                raise NonFiniteLossError(f"{name} = {value} at epoch {self.epoch + 1}, step {step}: training "
+                                         f"stopped. {self._how_to_go_on()}")
+
+    def _how_to_go_on(self) -> str:
+        section = self.settings_name
+        if self.saved_epoch is None:
+            return (f"No checkpoint was written yet: lower the learning rates or set {section}.precision: fp32, "
+                    "then re-run")
+        return (f"{self.checkpoint} still holds the last good state (epoch {self.saved_epoch}); to go on from it, "
+                f"lower the learning rates or set {section}.precision: fp32, and set {section}.resume: continue")
+
+    def _say(self, message: str) -> None:
+        if self.rank == 0:
+            tqdm.write(message)
 
     # -- checkpoints --------------------------------------------------------------------------
 
@@ -167,31 +283,77 @@ class EpochTrainer(ABC):
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return {"format": self.format_version, "kind": self.kind, **self.settings(), "epoch": self.epoch,
+                "continued": self.continued,
                 "modules": {name: module.state_dict() for name, module in self.modules().items()}, "rng": rng}
 
     def save(self) -> None:
-        """Write the checkpoint atomically: a crash mid-write leaves the previous one intact."""
-        with atomic_path(self.checkpoint) as tmp:
-            torch.save(self.state_dict(), tmp)
+        """Write the checkpoint atomically (first process only): a crash mid-write leaves the previous one intact."""
+        if self.rank == 0:
+            with atomic_path(self.checkpoint) as tmp:
+                torch.save(self.state_dict(), tmp)
+        self.saved_epoch = self.epoch
 
     def resume(self) -> bool:
-        """Load the checkpoint if it exists and was written with these settings."""
+        """Load the checkpoint if it exists and was written with these settings.
+
+        A checkpoint of other settings is never overwritten. With `resume_rule` same_settings it is
+        renamed to `<name>.epoch-<epochs>.pt` beside it and training starts from scratch; with
+        continue it is loaded when only `resume_changeable` settings differ (a ParamsError names any
+        other), and the change is recorded in the checkpoint's `continued` list.
+        """
+        self.continued = []
         if not self.checkpoint.is_file():
             return False
         state = load_checkpoint(self.checkpoint, self.kind, self.format_version)
-        for group, current in self.settings().items():
-            ignored = self.resume_ignores.get(group, set())
-            if comparable(state.get(group, {}), ignored) != comparable(current, ignored):
-                tqdm.write(f"{self.checkpoint} was trained with other settings: starting from scratch")
-                return False
+        changes = self._changes(state)
+        if changes and self.resume_rule != "continue":
+            self._set_aside(state["epoch"], changes)
+            return False
+        fixed = [change for change in changes if change[1] not in self.resume_changeable.get(change[0], set())]
+        if fixed:
+            changeable = sorted(set().union(*self.resume_changeable.values()))
+            raise ParamsError(f"{self.settings_name}.resume: continue may change only {', '.join(changeable)}, but "
+                              f"{self.checkpoint} was trained with other {_described(fixed)}: restore them, or set "
+                              f"{self.settings_name}.resume: same_settings to train from scratch (the checkpoint "
+                              "is kept beside it)")
         for name, module in self.modules().items():
             module.load_state_dict(state["modules"][name])
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        self.epoch = state["epoch"]
-        tqdm.write(f"resuming {self.checkpoint} after epoch {self.epoch}")
+        self.epoch = self.saved_epoch = state["epoch"]
+        self.continued = list(state.get("continued", []))
+        if changes:
+            self.continued.append({"epoch": self.epoch,
+                                   "changes": {key: [old, new] for _, key, old, new in changes}})
+            self.restore_settings()
+            self._say(f"continuing {self.checkpoint} after epoch {self.epoch} with {_described(changes)}")
+        else:
+            self._say(f"resuming {self.checkpoint} after epoch {self.epoch}")
         return True
+
+    def _changes(self, state: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
+        """(group, key, checkpoint's value, current value) for every setting that differs and matters."""
+        changes = []
+        for group, current in self.settings().items():
+            ignored = self.resume_ignores.get(group, set())
+            saved, now = comparable(state.get(group, {}), ignored), comparable(current, ignored)
+            changes += [(group, key, saved.get(key), now.get(key))
+                        for key in sorted(saved.keys() | now.keys()) if saved.get(key) != now.get(key)]
+        return changes
+
+    def _set_aside(self, epochs: int, changes: list[tuple[str, str, Any, Any]]) -> None:
+        stem, suffix = self.checkpoint.stem, self.checkpoint.suffix
+        for number in itertools.count(1):
+            kept = self.checkpoint.with_name(f"{stem}.epoch-{epochs:04d}{'' if number == 1 else f'-{number}'}{suffix}")
+            if not kept.exists():
+                break
+        barrier()  # every process has read the checkpoint before it moves
+        if self.rank == 0:
+            os.replace(self.checkpoint, kept)
+        self._say(f"{self.checkpoint} holds {epochs} epoch(s) trained with other {_described(changes)}: kept as "
+                  f"{kept.name}, training from scratch (set {self.settings_name}.resume: continue to go on from it "
+                  "with new learning rates or precision)")
 
     # -- logging ------------------------------------------------------------------------------
 
@@ -210,3 +372,7 @@ class EpochTrainer(ABC):
         if self.epoch % self.sample_every == 0 or self.epoch == self.epochs:
             live.log_image(f"samples/epoch-{self.epoch:04d}.png", self.sample_grid())
         live.next_step()
+
+
+def _described(changes: list[tuple[str, str, Any, Any]]) -> str:
+    return "settings: " + ", ".join(f"{key} {old!r} -> {new!r}" for _, key, old, new in changes)

@@ -1,7 +1,9 @@
 """Stage `download@<dataset>`: fetch and verify a dataset, or verify a local copy in place.
 
 Writes data/raw/<dataset>/source.json, which tells later stages where the images and
-protocol files are. With data.<dataset>.root set, nothing is downloaded or copied.
+protocol files are. With data.<dataset>.root set, nothing is downloaded or copied. CelebA's
+identity list (CIAGAN's legit_indices.npy, data.celeba.identity_list: ciagan) is fetched into
+data/raw/celeba/ and verified, unless data.celeba.identity_list_file names a local copy.
 
     python -m pipelines.download celeba|lfw
 """
@@ -11,10 +13,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from facedata import datasets
+from facedata import datasets, protocol
 from facedata.atomic import write_bytes, write_json
 from facedata.errors import MissingInputError
-from facedata.fetch import DownloadConfig, DownloadError, extract, fetch, matches
+from facedata.fetch import DownloadConfig, DownloadError, Remote, extract, fetch, file_digest, matches
 from pipelines import stage
 from pipelines.config import Params
 from pipelines.layout import Layout
@@ -70,13 +72,36 @@ def verify_local(dataset: str, root: Path, variant: str) -> dict:
     return report
 
 
+def _fetch(remote: Remote, directory: Path, settings: DownloadConfig, local_key: str) -> Path:
+    try:
+        return fetch(remote, directory, retries=settings.retries, timeout=settings.timeout_s)
+    except DownloadError as error:
+        raise type(error)(f"{str(error).rstrip('.')}. If you have it on disk, set {local_key} instead") from None
+
+
+def identity_list(settings: datasets.CelebaData, out: Path, layout: Layout, download: DownloadConfig) -> dict:
+    """Where CelebA's protocol list is (a local copy, or CIAGAN's file fetched into `out`), checked."""
+    if settings.identity_list == "derived":
+        return {"identity_list": "derived", "identity_list_file": None}
+    if settings.identity_list_file:
+        path = layout.path(settings.identity_list_file)
+        if not path.is_file():
+            raise LayoutError(f"data.celeba.identity_list_file = {path} is not a file")
+    else:
+        path = _fetch(datasets.CIAGAN_IDENTITY_LIST, out, download, "data.celeba.identity_list_file")
+    return {
+        "identity_list": "ciagan",
+        "identity_list_file": str(path.resolve()),
+        "n_identity_list": len(protocol.read_identity_list(path)),
+        "identity_list_sha256": file_digest(path, "sha256"),
+        "identity_list_official": matches(path, datasets.CIAGAN_IDENTITY_LIST.checksum),
+    }
+
+
 def download(dataset: str, variant: str, out: Path, settings: DownloadConfig) -> Path:
     """Fetch the official files into `out` and extract the archives; returns the dataset root (= out)."""
     for remote in datasets.remotes(dataset, variant):
-        try:
-            path = fetch(remote, out / "archives", retries=settings.retries, timeout=settings.timeout_s)
-        except DownloadError as error:
-            raise DownloadError(f"{error}. If you have {dataset} on disk, set data.{dataset}.root instead") from None
+        path = _fetch(remote, out / "archives", settings, f"data.{dataset}.root")
         if remote.filename.endswith((".zip", ".tgz", ".tar")):
             marker = out / f".{remote.filename}.extracted"
             if not marker.exists() or marker.read_text() != remote.checksum:
@@ -99,6 +124,8 @@ def run(params: Params, layout: Layout, dataset: str) -> dict:
         root = download(dataset, settings.variant, out, params.download)
     report = verify_local(dataset, root, settings.variant)
     report["local_copy"] = bool(settings.root)
+    if dataset == "celeba":
+        report.update(identity_list(settings, out, layout, params.download))
     write_json(layout.source(dataset), report)
     for name, value in sorted(report.items()):
         if name.startswith("n_") or name.endswith("_official"):

@@ -1,7 +1,8 @@
 """Stage `pairs`: the protocol's splits, pairs and folds (facedata.protocol).
 
-Reads the prepared indexes and LFW's pairs.txt; writes data/pairs/celeba_train.csv,
-celeba_test.csv, lfw_test.csv and summary.json.
+Reads the prepared indexes, CelebA's identity list (data.celeba.identity_list, as download@celeba
+recorded it) and LFW's pairs.txt; writes data/pairs/celeba_train.csv, celeba_test.csv,
+lfw_test.csv and summary.json.
 
     python -m pipelines.pairs
 """
@@ -23,11 +24,16 @@ from pipelines.layout import Layout, require
 def run(params: Params, layout: Layout) -> dict:
     settings = params.pairs
     celeba_index = pd.read_parquet(require(layout.prepared("celeba") / "index.parquet", "prepare@celeba"))
-    train, test, celeba_summary = protocol.celeba_pairs(celeba_index, settings.celeba, settings.seed)
+    celeba_source = json.loads(require(layout.source("celeba"), "download@celeba").read_text())
+    listed = protocol.identity_list(params.data.celeba, datasets.read_identities(Path(celeba_source["identity_file"])),
+                                    celeba_source.get("identity_list_file"))
+    train, test, celeba_summary = protocol.celeba_pairs(celeba_index, listed, settings.celeba, settings.seed)
     if celeba_summary["scaled_split"]:
         print(
-            f"celeba: only {celeba_summary['eligible_identities']} eligible identities; split scaled to "
-            f"{celeba_summary['train_identities']} train / {celeba_summary['test_identities']} test (1,200 : 363)"
+            f"celeba: the {celeba_summary['listed_identities_present']} listed identities of this copy leave the "
+            f"protocol's training or test identities empty; split scaled to {celeba_summary['train_identities']} "
+            f"train / {celeba_summary['test_identities']} test ({settings.celeba.train_identities} : "
+            f"{settings.celeba.test_identities})"
         )
     source = json.loads(require(layout.source("lfw"), "download@lfw").read_text())
     lfw, lfw_summary = protocol.lfw_pairs(

@@ -1,6 +1,6 @@
 """Stage `prepare@<dataset>`: landmarks, canonical crop and face mask for every photo of the protocol.
 
-CelebA: every image of the identities with >= data.celeba.min_images_per_identity images.
+CelebA: every image of the identities in the protocol's identity list (data.celeba.identity_list).
 LFW: every image that pairs.txt names.
 
 Writes data/prepared/<dataset>/ (see facedata.prepared for the layout) and a summary.json
@@ -26,7 +26,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from facedata import datasets
+from facedata import datasets, protocol
 from facedata.atomic import atomic_path, write_json, write_table
 from facedata.crops import PrepareConfig, prepare_face
 from facedata.errors import DataError
@@ -50,8 +50,8 @@ def protocol_images(dataset: str, source: dict, params: Params) -> dict[str, str
     """{key: identity} for every photo the protocol uses."""
     if dataset == "celeba":
         identities = datasets.read_identities(Path(source["identity_file"]))
-        eligible = set(datasets.eligible_identities(identities, params.data.celeba.min_images_per_identity))
-        return {key: identity for key, identity in identities.items() if identity in eligible}
+        listed = set(protocol.identity_list(params.data.celeba, identities, source.get("identity_list_file")))
+        return {key: identity for key, identity in identities.items() if identity in listed}
     pairs = datasets.parse_pairs(Path(source["pairs_file"]))
     keys = {key for pair in pairs for key in (pair.first, pair.second)}
     return {key: datasets.lfw_identity(key) for key in keys}

@@ -36,6 +36,8 @@ PREPARED_CACHE = REPO / ".cache" / "test-prepared"
 METRICS_CACHE = REPO / ".cache" / "metrics"
 #: The tiny test crop of AnonyGAN's tests: divisible by 4, large enough for the PatchGANs' 6 layers.
 SMALL = (64, 52)
+#: CIAGAN's protocol list as the shared data holds it: tests never download it.
+PROTOCOL_LIST = SHARED_DATA / "celeba-protocol" / "legit_indices.npy"
 
 
 # --- the repository and its params ------------------------------------------------------------
@@ -63,12 +65,17 @@ def dvc(layout: Layout, *args: str) -> str:
 
 
 def params_mapping(profile: str | None = None, **roots: Path) -> dict[str, Any]:
-    """params.yaml as plain data, with a profile's values and dataset roots (celeba=..., lfw=...) applied."""
+    """params.yaml as plain data, with a profile's values and dataset roots (celeba=..., lfw=...) applied.
+
+    A CelebA root comes with the shared copy of CIAGAN's identity list, so no stage downloads it.
+    """
     mapping = yaml.safe_load((REPO / "params.yaml").read_text())
     if profile is not None:
         overlay(mapping, changes(profile, Layout(REPO)))
     for dataset, root in roots.items():
         mapping["data"][dataset]["root"] = str(root)
+    if "celeba" in roots:
+        mapping["data"]["celeba"]["identity_list_file"] = str(PROTOCOL_LIST)
     return mapping
 
 
@@ -123,10 +130,16 @@ def make_batch(images: np.ndarray, masks: np.ndarray, identities: list[str] | No
 
 
 def prepare_dataset(name: str, dataset: str, root: Path, **data_overrides) -> Path:
-    """Run the download (verify) and prepare stages on a local copy, cached; returns its prepared folder."""
+    """Run the download (verify) and prepare stages on a local copy, cached; returns its prepared folder.
+
+    CelebA minis are prepared whole (the derived list: each of their identities has 30 photos), so the
+    cache holds every photo; tests apply CIAGAN's list on top of it.
+    """
     from pipelines import download, prepare
 
     mapping = params_mapping(**{dataset: root})
+    if dataset == "celeba":
+        mapping["data"]["celeba"]["identity_list"] = "derived"
     mapping["data"][dataset].update(data_overrides)
     typed, layout = config.from_mapping(mapping), Layout(PREPARED_CACHE / name)
     download.run(typed, layout, dataset)

@@ -4,6 +4,7 @@ training on real faces (hybrid batches, overfitting, exact resume), checkpoints,
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,17 @@ import torch.nn.functional as F
 from torch.utils.data import default_collate
 
 from anonygan import losses
-from anonygan.data import NetworkInputs, PairData, hybrid_batches, landmark_maps
+from anonygan.data import NetworkInputs, PairData, hybrid_batches, landmark_maps, resized_landmark_maps
 from anonygan.inference import AnonyGANInference, InferenceConfig
-from anonygan.model import BipartiteGraphUnit, LandmarkAttention, ModelConfig, build, composite, load_checkpoint
+from anonygan.model import (
+    AttentionDecoder,
+    BipartiteGraphUnit,
+    LandmarkAttention,
+    ModelConfig,
+    build,
+    composite,
+    load_checkpoint,
+)
 from anonygan.training import Trainer
 from facedata.errors import DataError
 from facedata.landmarks import CIAGAN_29
@@ -127,6 +136,79 @@ def test_landmark_attention_weights_maps_per_channel_and_starts_near_one_half():
     assert torch.allclose(attention(maps), maps * torch.sigmoid(1e4 * pooled)[:, :, None, None])
 
 
+def real_landmarks(prepared: Path, count: int = 4) -> torch.Tensor:
+    faces = PreparedDataset(prepared)
+    return torch.from_numpy(np.stack([faces.landmarks(key) for key in faces.ok.sort_index()["key"][:count]]))
+
+
+@pytest.mark.realdata
+def test_landmark_attention_keeps_its_weights_in_fp32_under_bf16_autocast(prepared_celeba):
+    landmarks = real_landmarks(prepared_celeba)
+    maps = torch.cat([landmark_maps(landmarks, range(68), 220, 180),
+                      landmark_maps(landmarks.flip(0), range(68), 220, 180)], dim=1)  # Lm_c, Lm_s: one-hot
+    assert torch.equal(maps.sum(dim=(2, 3)), torch.ones(4, 136))  # every point inside the crop
+    torch.manual_seed(0)
+    attention = LandmarkAttention(3)
+
+    def weights() -> torch.Tensor:  # each channel has one pixel set: its output there is its weight
+        return attention(maps).sum(dim=(2, 3))
+
+    exact = weights()
+    assert exact.dtype == torch.float32 and (exact != 0.5).all() and (exact - 0.5).abs().max() < 1e-4
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        # The same computation without the fp32 island: sigmoid of ~1e-5 rounds to exactly 0.5 in bf16.
+        rounded = torch.sigmoid(attention.conv(maps.mean(dim=(2, 3)).unsqueeze(1)))
+        assert rounded.dtype == torch.bfloat16 and (rounded == 0.5).all()
+        assert torch.equal(weights(), exact)
+
+
+@pytest.mark.realdata
+def test_training_maps_are_one_hot_at_218x178_resized_bilinearly_as_the_authors_loader(prepared_celeba):
+    from facedata.compat import ensure_torchvision
+
+    ensure_torchvision()
+    from torchvision.transforms import Resize
+
+    landmarks = real_landmarks(prepared_celeba)
+    ours = resized_landmark_maps(landmarks, range(68), 220, 180)
+    # Their maps: one-hot on the 178x218 aligned photo, resized by torchvision (0.9: no antialiasing).
+    on_their_photo = (landmarks + 0.5) * torch.tensor([178 / 180, 218 / 220]) - 0.5
+    theirs = Resize((220, 180), antialias=False)(landmark_maps(on_their_photo, range(68), 218, 178))
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    # Each point spreads over a few pixels, peaks below 1 and keeps its place.
+    assert ours.amax(dim=(2, 3)).max() < 1 and ((ours > 0).sum(dim=(2, 3)) >= 4).all()
+    assert torch.allclose(ours.sum(dim=(2, 3)), torch.ones(4, 68), atol=0.05)
+    ys, xs = torch.meshgrid(torch.arange(220.0), torch.arange(180.0), indexing="ij")
+    mass = ours.sum(dim=(2, 3))
+    centre = torch.stack([(ours * xs).sum(dim=(2, 3)) / mass, (ours * ys).sum(dim=(2, 3)) / mass], dim=-1)
+    assert (centre - landmarks).abs().max() < 0.75
+
+    # Training inputs use them (train.landmark_maps: resized); the sample grid and inference exact one-hot.
+    model, config = tiny_configs()
+    trainer = Trainer(model, config, data=None, checkpoint=Path("unused.pt"))
+    faces = PreparedDataset(prepared_celeba)
+    keys = list(faces.ok.sort_index()["key"][:4])
+    batch = {"source": torch.from_numpy(np.stack([faces.crop(k) for k in keys])),
+             "mask": torch.from_numpy(np.stack([faces.mask(k) for k in keys])),
+             "source_landmarks": landmarks, "condition": torch.from_numpy(np.stack([faces.crop(k) for k in keys])),
+             "condition_landmarks": landmarks, "same_image": torch.ones(4, dtype=torch.bool)}
+    assert torch.allclose(trainer.inputs(batch).source_maps, ours)
+    assert torch.equal(trainer.inputs(batch, training=False).source_maps, landmark_maps(landmarks, range(68), 220, 180))
+
+
+def test_attention_decoder_ends_in_the_authors_transposed_convolution_or_the_same_map_as_a_convolution():
+    torch.manual_seed(0)
+    authors, conv = AttentionDecoder(64), AttentionDecoder(64, "conv")
+    assert ModelConfig().attention_output == "conv_transpose"
+    assert isinstance(authors[2], torch.nn.ConvTranspose2d) and authors[2].weight.shape == (64, 1, 1, 1)
+    assert isinstance(conv[2], torch.nn.Conv2d) and conv[2].weight.shape == (1, 64, 1, 1)
+    # PyTorch's default init takes the fan-in from dim 1: 1 for the transposed layer, 64 for the convolution.
+    assert 0.5 < authors[2].weight.abs().max() <= 1 and conv[2].weight.abs().max() <= 1 / 8
+    conv.load_state_dict({**authors.state_dict(), "2.weight": authors[2].weight.transpose(0, 1)})
+    code = torch.randn(2, 256, 6, 5)
+    assert torch.allclose(authors(code), conv(code), atol=1e-6)
+
+
 def test_bipartite_unit_projects_each_half_with_the_other_halfs_map():
     torch.manual_seed(0)
     unit = BipartiteGraphUnit(16).eval()
@@ -193,8 +275,30 @@ def test_gan_and_feature_matching_losses():
     fake = [torch.ones(2, 4, 3, 3, requires_grad=True), torch.full((2, 8, 2, 2), 3.0, requires_grad=True)]
     matched = losses.weak_feature_matching(fake, real)
     assert matched.item() == pytest.approx(1.0 + 3.0)  # per-layer means, summed
+    assert losses.weak_feature_matching(fake, real, 0.8).item() == pytest.approx(0.8 * 4.0)  # the authors' weight
     matched.backward()
     assert fake[0].grad is not None
+
+
+def test_context_matching_covers_every_sample_by_default_or_the_different_image_pairs(tmp_path):
+    model, config = tiny_configs()
+    condition, source, mask, condition_maps, source_maps = random_inputs(model, 4, SMALL)
+    x = NetworkInputs(source=source, condition=condition, context=source * (1 - mask), mask=mask,
+                      source_maps=source_maps, condition_maps=condition_maps,
+                      same_image=torch.tensor([False, True, True, True]))
+    trainer = Trainer(model, config, data=None, checkpoint=tmp_path / "checkpoint.pt")
+    with torch.no_grad():
+        generated = trainer.generator(x.condition, x.context, x.condition_maps, x.source_maps)
+        fake, real = trainer.d_app(generated, x.condition)[:-1], trainer.d_app(x.source, x.condition)[:-1]
+
+        def expected(rows):  # the authors' 0.8 per layer, each layer's mean L1 over the rows
+            return 0.8 * sum(F.l1_loss(f[rows], r[rows]) for f, r in zip(fake, real, strict=True))
+
+        assert config.wfm_samples == "all" and config.wfm_layer_weight == 0.8
+        every = trainer.generator_losses(x, generated)["wfm"]
+        assert torch.allclose(every, expected(slice(None)))
+        trainer.config = replace(config, wfm_samples="different")
+        assert torch.allclose(trainer.generator_losses(x, generated)["wfm"], expected(slice(0, 1)))
 
 
 @pytest.mark.parametrize("method", VARIANTS)
@@ -207,7 +311,7 @@ def test_one_training_step_gives_every_parameter_of_all_three_networks_a_gradien
     condition_maps = torch.where(same[:, None, None, None], source_maps, condition_maps)
     x = NetworkInputs(source=source, condition=condition, context=source * (1 - mask), mask=mask,
                       source_maps=source_maps, condition_maps=condition_maps, same_image=same)
-    step_losses = trainer.step(x)
+    step_losses = trainer.step([x])
     assert all(torch.isfinite(value) for value in step_losses.values())
     assert step_losses["g_reconstruction"] > 0
     assert (step_losses["g_wfm"] > 0) == train.context_matching
@@ -240,10 +344,27 @@ def test_hybrid_batches_hold_the_same_image_share_in_every_batch_and_depend_on_s
     assert all(only_same[b].all() for b in hybrid_batches(only_same, 4, 2, seed=0, epoch=0))
 
 
-def test_learning_rate_is_constant_then_falls_linearly_to_zero_after_the_last_epoch():
+def test_learning_rate_follows_the_authors_per_step_schedule_to_zero_in_the_last_epoch():
+    """Their LambdaLR(1 - max(0, e + 2 - 500) / 201) stepped after every batch with the epoch number."""
     _, config = tiny_configs(**{"train.epochs": 700, "train.lr_decay_start_epoch": 500})
-    factors = [config.lr_factor(epoch) for epoch in range(700)]
-    assert factors[:500] == [1.0] * 500
+    assert config.lr_schedule == "authors"
+    reference = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD([torch.zeros(1)], lr=1.0),
+                                                  lambda epoch: 1.0 - max(0, epoch + 1 + 1 - 500) / float(200 + 1))
+    for epoch in range(700):
+        for step in range(3):  # the learning rate each step runs at, then the authors' sch.step(current_epoch)
+            assert config.lr_factor(epoch, step) == pytest.approx(reference.get_last_lr()[0], abs=1e-12)
+            with pytest.warns(UserWarning):  # the epoch argument is deprecated, as it was in their PyTorch
+                reference.step(epoch)
+    assert config.lr_factor(498, 1) == 1.0 and config.lr_factor(499, 0) == 1.0
+    assert config.lr_factor(499, 1) == pytest.approx(200 / 201)
+    assert config.lr_factor(699, 0) == pytest.approx(1 / 201) and config.lr_factor(699, 1) == 0.0
+
+
+def test_the_epochwise_schedule_is_one_epoch_later_and_constant_within_an_epoch():
+    _, config = tiny_configs(**{"train.epochs": 700, "train.lr_decay_start_epoch": 500,
+                                "train.lr_schedule": "epochwise"})
+    factors = [config.lr_factor(epoch, 1) for epoch in range(700)]
+    assert factors[:500] == [1.0] * 500 and [config.lr_factor(e, 0) for e in range(700)] == factors
     assert np.allclose(np.diff(factors[499:]), -1 / 201) and factors[-1] == pytest.approx(1 / 201)
 
 
@@ -259,7 +380,7 @@ def test_pair_data_names_faces_that_were_not_prepared(small_prepared):
 @pytest.mark.slow
 def test_tiny_configuration_overfits_eight_real_faces(small_pairs, tmp_path):
     """Reconstruction L1 of 8 same-image pairs halves within 200 steps (G + D_app + D_lm each)."""
-    model, config = tiny_configs(**{"train.batch_size": 8, "train.samples_per_epoch": 8})
+    model, config = tiny_configs(**{"train.batch_size": 8, "train.samples_per_epoch": 8, "train.batches_per_step": 1})
     trainer = Trainer(model, config, small_pairs, tmp_path / "checkpoint.pt")
     same_rows = np.flatnonzero(small_pairs.same_image)
     assert len(same_rows) == 8
@@ -267,7 +388,7 @@ def test_tiny_configuration_overfits_eight_real_faces(small_pairs, tmp_path):
     start, history = time.perf_counter(), []
     for _ in range(200):
         # Each step's loss is measured before its update: history[0] is the untrained L1.
-        history.append(trainer.step(x)["g_reconstruction"].item())
+        history.append(trainer.step([x])["g_reconstruction"].item())
         if history[-1] <= 0.5 * history[0]:
             break
     print(f"\nL1 {history[0]:.3f} -> {history[-1]:.3f} in {len(history)} steps, "
@@ -330,22 +451,6 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(trained, small
 
 
 @pytest.mark.realdata
-@pytest.mark.slow
-def test_a_checkpoint_of_other_settings_is_not_resumed(trained, small_pairs, tmp_path):
-    model, config, uninterrupted = trained
-    checkpoint = tmp_path / "checkpoint.pt"
-    checkpoint.write_bytes(uninterrupted.read_bytes())
-    _, other = tiny_configs(**{"train.epochs": 3, "train.samples_per_epoch": 8, "train.seed": 1})
-    trainer = Trainer(model, other, small_pairs, checkpoint)
-    assert not trainer.resume() and trainer.epoch == 0
-    assert Trainer(model, config, small_pairs, checkpoint).resume()
-    # Settings that do not change the computation do not block a resume.
-    _, more_workers = tiny_configs(**{"train.epochs": 3, "train.samples_per_epoch": 8, "train.workers": 2,
-                                      "train.checkpoint_every": 2, "train.lr_decay_start_epoch": 1})
-    assert Trainer(model, more_workers, small_pairs, checkpoint).resume()
-
-
-@pytest.mark.realdata
 def test_checkpoint_round_trip_through_the_inference_api(trained, small_pairs):
     model, config, checkpoint = trained
     trainer = Trainer(model, config, small_pairs, checkpoint)
@@ -355,7 +460,7 @@ def test_checkpoint_round_trip_through_the_inference_api(trained, small_pairs):
     arrays = {key: value.numpy() for key, value in batch.items()}
     trainer.generator.eval()
     with torch.no_grad():
-        x = trainer.inputs(batch)
+        x = trainer.inputs(batch, training=False)
         expected = trainer.generator(x.condition, x.context, x.condition_maps, x.source_maps)
     expected = ((expected.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
@@ -391,7 +496,7 @@ def test_a_non_finite_loss_stops_training_with_a_clear_error(small_pairs, tmp_pa
     trainer = Trainer(model, config, small_pairs, tmp_path / "checkpoint.pt")
     with torch.no_grad():
         trainer.generator.image_decoder[-2].weight.fill_(float("nan"))
-    with pytest.raises(NonFiniteLossError, match=r"g_adversarial = nan at epoch 1, step 1"):
+    with pytest.raises(NonFiniteLossError, match=r"g_adversarial = nan at epoch 1, step 1.*No checkpoint was written"):
         trainer.fit()
     assert not (tmp_path / "checkpoint.pt").exists()
 

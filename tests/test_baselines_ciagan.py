@@ -320,6 +320,26 @@ def test_a_non_finite_loss_stops_training_naming_it(training_layout, tmp_path):
     trainer = ciagan_trainer(training_layout, tmp_path / "checkpoint.pt")
     with torch.no_grad():
         trainer.siamese.head[-1].weight.fill_(float("nan"))
-    with pytest.raises(NonFiniteLossError, match=r"siamese = nan at epoch 1, step 1"):
+    with pytest.raises(NonFiniteLossError, match=r"siamese = nan at epoch 1, step 1.*set ciagan.train.precision: fp32"):
         trainer.fit()
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+@pytest.mark.realdata
+def test_resume_continue_applies_a_new_learning_rate_and_other_settings_keep_the_checkpoint_aside(training_layout,
+                                                                                                   tmp_path):
+    checkpoint = tmp_path / "checkpoint.pt"
+    first = ciagan_trainer(training_layout, checkpoint)
+    first.epoch = 1
+    first.save()
+    lower = replace(first.training, learning_rate=5e-5, resume="continue")
+    trainer = CiaganTrainer(first.config, lower, first.faces, checkpoint, identities=first.identities)
+    assert trainer.resume() and trainer.epoch == 1
+    assert {group["lr"] for optimiser in trainer.optimisers.values() for group in optimiser.param_groups} == {5e-5}
+    assert trainer.continued == [{"epoch": 1, "changes": {"learning_rate": [1e-4, 5e-5]}}]
+    with pytest.raises(ParamsError, match="ciagan.train.resume: continue may change only learning_rate, precision"):
+        CiaganTrainer(first.config, replace(lower, batch_size=8), first.faces, checkpoint,
+                      identities=first.identities).resume()
+    fresh = CiaganTrainer(first.config, replace(lower, resume="same_settings"), first.faces, checkpoint,
+                          identities=first.identities)
+    assert not fresh.resume() and (tmp_path / "checkpoint.epoch-0001.pt").is_file() and not checkpoint.exists()

@@ -6,7 +6,6 @@ import pytest
 
 from facedata.datasets import (
     ProtocolFileError,
-    eligible_identities,
     lfw_key,
     parse_pairs,
     read_identities,
@@ -68,12 +67,6 @@ def test_identity_file_parsing_and_errors(tmp_path):
     path.write_text("000001.jpg 2880\n000001.jpg 3\n")
     with pytest.raises(ProtocolFileError, match=":2: 000001.jpg is listed twice"):
         read_identities(path)
-
-
-def test_eligible_identities_are_counted_and_ordered_numerically():
-    identities = {f"{i}.jpg": "10" for i in range(3)} | {f"a{i}.jpg": "9" for i in range(3)} | {"b.jpg": "1"}
-    assert eligible_identities(identities, 3) == ["9", "10"]  # numeric, not string, order
-    assert eligible_identities(identities, 1) == ["1", "9", "10"]
 
 
 @pytest.mark.realdata

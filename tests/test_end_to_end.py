@@ -17,7 +17,7 @@ import yaml
 from PIL import Image
 
 from pipelines.profile import apply
-from tests.helpers import dvc, repository_copy
+from tests.helpers import PROTOCOL_LIST, dvc, repository_copy
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 METHODS = ["original", "blur", "pixelate", "ciagan", "anonygan-plain-68", "anonygan-plain-29", "anonygan-la-68",
@@ -37,6 +37,7 @@ def small_run(tmp_path_factory, celeba_aligned_root, lfw_root, prepared_lfw):
 
     def roots(params):  # wherever ../shared/data is on this machine
         params["data"]["celeba"]["root"] = str(celeba_aligned_root)
+        params["data"]["celeba"]["identity_list_file"] = str(PROTOCOL_LIST)
         params["data"]["lfw"]["root"] = str(lfw_root)
 
     set_params(workdir, roots)

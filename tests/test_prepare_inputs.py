@@ -93,7 +93,8 @@ def prepared(face, tmp_path_factory):
     layout.source("celeba").write_text(
         json.dumps({"images_dir": str(folder), "identity_file": str(root / "identity_CelebA.txt")})
     )
-    params = from_mapping({"data": {"celeba": {"min_images_per_identity": 1}}, "prepare": {"workers": 2}})
+    params = from_mapping({"data": {"celeba": {"identity_list": "derived", "min_images_per_identity": 1}},
+                          "prepare": {"workers": 2}})
     summary = prepare.run(params, layout, "celeba")
     index = pd.read_parquet(layout.prepared("celeba") / "index.parquet").set_index("key")
     return index, summary, layout, params

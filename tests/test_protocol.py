@@ -1,5 +1,5 @@
-"""The protocol's rules (facedata.protocol): split scaling, next-identity conditions, hybrid training pairs,
-LFW conditions."""
+"""The protocol's rules (facedata.protocol): roles by list position, split scaling, next-identity conditions,
+hybrid training pairs, LFW conditions."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from facedata.config import load
 from facedata.datasets import LfwPair
 from facedata.errors import DataError, ParamsError
-from facedata.protocol import CelebaPairs, LfwPairs, celeba_pairs, lfw_pairs, split_counts
+from facedata.protocol import CelebaPairs, LfwPairs, celeba_pairs, derived_identity_list, lfw_pairs, split_counts
 
 SETTINGS = CelebaPairs()
 
@@ -37,26 +37,53 @@ def test_split_counts_full_scale_and_scaled():
         split_counts(1, 1200, 363)
 
 
-def test_celeba_split_order_and_next_identity_conditions():
+def listed_in_string_order(index: pd.DataFrame) -> list[str]:
+    return derived_identity_list(dict(zip(index["key"], index["identity"], strict=True)), 1)
+
+
+def test_a_copy_without_test_identities_is_split_in_proportion_in_list_order():
     index = index_of({"3": 4, "10": 4, "2": 4, "7": 4, "5": 4})
-    train, test, summary = celeba_pairs(index, SETTINGS, seed=0)
-    # Numeric order 2, 3, 5, 7, 10: 4 train identities, 1 test identity; "next" wraps to the first.
+    listed = listed_in_string_order(index)
+    assert listed == ["10", "2", "3", "5", "7"]  # string order, as CIAGAN's list
+    train, test, summary = celeba_pairs(index, listed, SETTINGS, seed=0)
+    # All five sit at list positions < 1,200 (training): the split is scaled to 4 train, 1 test.
     assert summary["train_identities"] == 4 and summary["test_identities"] == 1 and summary["scaled_split"]
-    assert set(train["source_identity"]) == {"2", "3", "5", "7"}
-    assert set(test["source_identity"]) == {"10"} and set(test["condition_identity"]) == {"2"}
+    assert set(train["source_identity"]) == {"10", "2", "3", "5"}
+    assert set(test["source_identity"]) == {"7"} and set(test["condition_identity"]) == {"10"}  # wraps round
     assert list(test["pair_id"]) == list(range(len(test)))
 
 
+def test_identities_keep_their_list_roles_and_unlisted_ones_are_unused():
+    listed = [str(i) for i in range(100, 110)]  # positions 0-5 train, 6-8 test, 9 unused
+    index = index_of({"101": 3, "104": 3, "106": 3, "108": 3, "109": 3, "999": 3})
+    train, test, summary = celeba_pairs(index, listed, CelebaPairs(train_identities=6, test_identities=3), seed=0)
+    assert not summary["scaled_split"]
+    assert set(train["source_identity"]) == {"101", "104"} and set(test["source_identity"]) == {"106", "108"}
+    assert summary["unlisted_identities_present"] == 1 and summary["unused_identities"] == 2  # 999 and 109
+    # The next listed identity present: 106 -> 108; the last test identity wraps to the first of the split.
+    assert dict(zip(test["source_identity"], test["condition_identity"], strict=True)) == {"106": "108", "108": "101"}
+
+
+def test_the_condition_skips_listed_identities_without_a_prepared_photo():
+    listed = [str(i) for i in range(1, 7)]
+    index = index_of({str(i): 3 for i in range(1, 7)}, failed={"5_00.jpg", "5_01.jpg", "5_02.jpg"})
+    _, test, _ = celeba_pairs(index, listed, CelebaPairs(train_identities=3, test_identities=3), seed=0)
+    assert dict(zip(test["source_identity"], test["condition_identity"], strict=True)) == {"4": "6", "5": "6",
+                                                                                          "6": "1"}
+
+
 def test_every_test_identity_is_paired_with_the_next_one():
-    index = index_of({str(i): 3 for i in range(1, 21)})
-    _, test, _ = celeba_pairs(index, SETTINGS, seed=0)
+    listed = [str(i) for i in range(1, 21)]
+    index = index_of({identity: 3 for identity in listed})
+    _, test, summary = celeba_pairs(index, listed, CelebaPairs(train_identities=15, test_identities=5), seed=0)
+    assert not summary["scaled_split"] and sorted(set(test["source_identity"]), key=int) == listed[15:]
     for identity, condition in zip(test["source_identity"], test["condition_identity"], strict=True):
         assert int(condition) == int(identity) % 20 + 1
 
 
 def test_failed_test_photos_are_kept_and_flagged_but_never_used_as_conditions():
     index = index_of({str(i): 3 for i in range(1, 6)}, failed={"5_00.jpg", "1_01.jpg"})
-    _, test, summary = celeba_pairs(index, SETTINGS, seed=0)
+    _, test, summary = celeba_pairs(index, [str(i) for i in range(1, 6)], SETTINGS, seed=0)
     assert summary["test_sources_not_ok"] == 1
     assert test.loc[test["source"] == "5_00.jpg", "source_status"].item() == "no_face"
     assert "1_01.jpg" not in set(test["condition"])
@@ -65,7 +92,8 @@ def test_failed_test_photos_are_kept_and_flagged_but_never_used_as_conditions():
 @pytest.mark.parametrize("rule", ["same_identity", "any_identity"])
 def test_hybrid_training_pairs(rule):
     index = index_of({str(i): 6 for i in range(1, 11)})
-    train, _, summary = celeba_pairs(index, replace(SETTINGS, different_pairs=rule), seed=0)
+    train, _, summary = celeba_pairs(index, listed_in_string_order(index), replace(SETTINGS, different_pairs=rule),
+                                     seed=0)
     assert len(train) == summary["train_pairs"] == 8 * 20
     assert train["same_image"].mean() == 0.75
     same, different = train[train["same_image"]], train[~train["same_image"]]
@@ -79,9 +107,10 @@ def test_hybrid_training_pairs(rule):
 
 def test_pairs_are_deterministic_for_a_seed_and_change_with_it():
     index = index_of({str(i): 6 for i in range(1, 11)})
-    first = celeba_pairs(index, SETTINGS, seed=0)[0]
-    assert first.equals(celeba_pairs(index, SETTINGS, seed=0)[0])
-    assert not first.equals(celeba_pairs(index, SETTINGS, seed=1)[0])
+    listed = listed_in_string_order(index)
+    first = celeba_pairs(index, listed, SETTINGS, seed=0)[0]
+    assert first.equals(celeba_pairs(index, listed, SETTINGS, seed=0)[0])
+    assert not first.equals(celeba_pairs(index, listed, SETTINGS, seed=1)[0])
 
 
 @pytest.mark.parametrize(

@@ -69,7 +69,8 @@ class TrainingConfig:
     workers: Annotated[int, at_least(0)] = 8  # DataLoader processes decoding crops; 0 = in the training process
     checkpoint_every: Annotated[int, at_least(1)] = 5  # epochs
     sample_every: Annotated[int, at_least(1)] = 10  # epochs between sample images
-    precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast on CUDA only | fp32; CPU always runs fp32
+    precision: Literal["bf16", "fp32"] = "fp32"  # fp32 (the authors') | bf16 autocast on CUDA; CPU always runs fp32
+    resume: Literal["same_settings", "continue"] = "same_settings"  # see facedata.runtime.EpochTrainer.resume
 
     def __post_init__(self) -> None:
         if self.augment_crop is not None and not self.augment_crop[0] <= self.augment_crop[1] <= 1:
@@ -163,8 +164,9 @@ def pair_batches(labels: Sequence[int], batch_size: int, count: int, seed: int, 
 class CiaganTrainer(runtime.EpochTrainer):
     """The three networks, their optimisers and the authors' update steps, trained by epochs."""
 
-    kind, format_version = CHECKPOINT_KIND, CHECKPOINT_FORMAT
-    resume_ignores = {"train_config": {"workers", "checkpoint_every", "sample_every"}}
+    kind, format_version, settings_name = CHECKPOINT_KIND, CHECKPOINT_FORMAT, "ciagan.train"
+    resume_ignores = {"train_config": {"workers", "checkpoint_every", "sample_every", "resume"}}
+    resume_changeable = {"train_config": {"learning_rate", "precision"}}
 
     def __init__(self, config: CiaganConfig, training: TrainingConfig, faces: FaceSet | None = None,
                  checkpoint: Path = Path("checkpoint.pt"), live_dir: Path | None = None,
@@ -186,10 +188,12 @@ class CiaganTrainer(runtime.EpochTrainer):
                            for name, network in zip(NETWORKS, self.networks, strict=True)}
         self.random = torch.Generator()
         self.epoch = 0
+        self.continued = []
 
     epochs = property(lambda self: self.training.epochs)
     checkpoint_every = property(lambda self: self.training.checkpoint_every)
     sample_every = property(lambda self: self.training.sample_every)
+    resume_rule = property(lambda self: self.training.resume)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -207,6 +211,12 @@ class CiaganTrainer(runtime.EpochTrainer):
     def modules(self) -> dict[str, Any]:
         return {**dict(zip(NETWORKS, self.networks, strict=True)),
                 **{f"optimizer_{name}": optimiser for name, optimiser in self.optimisers.items()}}
+
+    def restore_settings(self) -> None:
+        """The optimiser states carry the checkpoint's learning rate: set this run's."""
+        for optimiser in self.optimisers.values():
+            for group in optimiser.param_groups:
+                group["lr"] = self.training.learning_rate
 
     def _train_only(self, network: nn.Module) -> None:
         """Let gradients reach only `network`'s parameters (they still flow through the others)."""
@@ -307,9 +317,6 @@ class CiaganTrainer(runtime.EpochTrainer):
                 totals[name] += value
             progress.update()
         return {name: total / iterations for name, total in totals.items()}
-
-    def end_epoch(self) -> None:
-        """No schedule: the authors keep the learning rate constant."""
 
     @torch.no_grad()
     def sample_grid(self) -> Image.Image:

@@ -25,14 +25,14 @@ pytestmark = pytest.mark.realdata
                          ids=["220x180-batch4", "64x52-batch8"])
 def test_tiny_training_step_speed(benchmark, request, tmp_path, prepared, batch_size):
     root = request.getfixturevalue(prepared)
-    model, config = tiny_configs("anonygan-68", **{"train.batch_size": batch_size,
+    model, config = tiny_configs("anonygan-68", **{"train.batch_size": batch_size, "train.batches_per_step": 1,
                                                    "train.samples_per_epoch": batch_size})
     data = PairData(PreparedDataset(root), pair_manifest(root))
     n_same = batch_size * 3 // 4  # the hybrid share: 75 % same-image pairs
     rows = [*np.flatnonzero(data.same_image)[:n_same], *np.flatnonzero(~data.same_image)[:batch_size - n_same]]
     trainer = Trainer(model, config, data, tmp_path / "checkpoint.pt")
     x = trainer.inputs(default_collate([data[int(row)] for row in rows]))
-    benchmark.pedantic(trainer.step, args=(x,), rounds=5, warmup_rounds=1)
+    benchmark.pedantic(trainer.step, args=([x],), rounds=5, warmup_rounds=1)
     benchmark.extra_info.update(crop=list(x.source.shape[-2:]), images=batch_size,
                                 threads=torch.get_num_threads(),
                                 images_per_s=round(batch_size / benchmark.stats.stats.mean, 2))
@@ -49,13 +49,14 @@ def test_full_size_step_on_cuda(benchmark, tmp_path, prepared_celeba, precision)
     data = PairData(PreparedDataset(prepared_celeba), pair_manifest(prepared_celeba))
     same, different = np.flatnonzero(data.same_image), np.flatnonzero(~data.same_image)
     rows = [*np.resize(same, 24), *np.resize(different, 8)]
-    config = TrainConfig(batch_size=32, samples_per_epoch=32, epochs=1, workers=0, precision=precision)
+    config = TrainConfig(batch_size=32, batches_per_step=1, samples_per_epoch=32, epochs=1, workers=0,
+                         precision=precision)
     trainer = Trainer(ModelConfig(), config, data, tmp_path / "checkpoint.pt", device=torch.device("cuda"))
     x = trainer.inputs(default_collate([data[int(row)] for row in rows]))
     torch.cuda.reset_peak_memory_stats()
 
     def step():
-        trainer.step(x)
+        trainer.step([x])
         torch.cuda.synchronize()
 
     benchmark.pedantic(step, rounds=10, warmup_rounds=3)
