@@ -1,17 +1,23 @@
-"""AnonyGAN as an anonymiser: any trained variant's checkpoint, through `anonygan.inference`.
+"""AnonyGAN as an anonymiser: any trained variant's checkpoint, or the authors' released one, through
+`anonygan.inference`.
 
-One registered anonymiser serves every variant: a `methods` entry with `anonymiser: anonygan`
+One registered anonymiser serves every trained variant: a `methods` entry with `anonymiser: anonygan`
 loads models/<method>/checkpoint.pt, which `train@<method>` writes; the checkpoint carries the
-variant's configuration (landmarks, Landmark Attention, ...).
+variant's configuration (landmarks, Landmark Attention, ...). `anonygan-released` loads the
+authors' Lightning checkpoint that `download-released@<method>` fetched, in the variant its keys
+show, with the authors' architecture.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
+from anonygan import released
 from anonygan.inference import AnonyGANInference, InferenceConfig
 from baselines.interface import Anonymiser, FaceBatch, RunContext, register
 from facedata.errors import MissingInputError
+from facedata.released import released_file
 
 
 @register("anonygan")
@@ -33,3 +39,18 @@ class AnonyGAN(Anonymiser):
     def anonymise(self, batch: FaceBatch) -> np.ndarray:
         return self.model.anonymise(batch.source, batch.source_landmarks, batch.source_mask,
                                     batch.condition, batch.condition_landmarks)
+
+
+@register("anonygan-released")
+class ReleasedAnonyGAN(AnonyGAN):
+    """The AnonyGAN authors' released checkpoint; `anonymisers.anonygan-released` sets the inference conventions."""
+
+    released_model = "anonygan"
+
+    @classmethod
+    def from_config(cls, settings: InferenceConfig, context: RunContext) -> AnonyGAN:
+        path, status = released_file(context.released, cls.released_model, context.method)
+        # The variant download-released recorded: a file changed since is refused.
+        loaded = released.load(path, status["landmarks"], status["landmark_attention"])
+        device = torch.device(context.device) if context.device is not None else None
+        return cls(AnonyGANInference(loaded.generator, settings, device, context.batch_size))

@@ -81,6 +81,8 @@ class RunContext:
     checkpoint: Path | None = None
     #: The method entry's own folder (`methods.<name>.root`), for anonymisers that read files.
     root: Path | None = None
+    #: models/<method>/, where `download-released@<method>` puts the authors' released file and its status.
+    released: Path | None = None
     batch_size: int = 32
     device: str | None = None  # None: CUDA when available, else CPU
 
@@ -89,9 +91,11 @@ class Anonymiser(ABC):
     """One anonymisation method. Instances may hold models; `anonymise` may be called many times.
 
     `Settings` is the settings class of the method's params section (None: it takes none).
+    `released_model` names the authors' release it loads (`released.<method>.model`; None: none).
     """
 
     Settings: ClassVar[type | None] = None
+    released_model: ClassVar[str | None] = None
 
     @classmethod
     def from_config(cls, settings: Any, context: RunContext) -> Anonymiser:

@@ -16,25 +16,18 @@ from typing import Annotated, Literal
 
 from facedata.config import at_least
 from facedata.errors import DataError, ParamsError
-from facedata.fetch import Remote
+from facedata.fetch import Remote, google_drive
 
-_DRIVE = "https://drive.usercontent.google.com/download?export=download&confirm=t&id="
 _UMASS = "http://vis-www.cs.umass.edu/lfw/"
 _FIGSHARE = "https://ndownloader.figshare.com/files/"
 
 # CelebA files on the authors' Google Drive; ids and MD5s as listed by torchvision's CelebA class.
-CELEBA_IDENTITY = Remote(
-    "identity_CelebA.txt",
-    _DRIVE + "1_ee_0u7vcNLOfNLegJRHmolfH5ICW-XS",
-    "md5:32bd1bd63d3c78cd57e08160ec5ed1e2",
-    google_drive_id="1_ee_0u7vcNLOfNLegJRHmolfH5ICW-XS",
+CELEBA_IDENTITY = google_drive(
+    "identity_CelebA.txt", "1_ee_0u7vcNLOfNLegJRHmolfH5ICW-XS", "md5:32bd1bd63d3c78cd57e08160ec5ed1e2"
 )
 CELEBA_ARCHIVES = {
-    "aligned": Remote(
-        "img_align_celeba.zip",
-        _DRIVE + "0B7EVK8r0v71pZjFTYXZWM3FlRnM",
-        "md5:00d2c5bc6d35e252742224ab0c1e8fcb",
-        google_drive_id="0B7EVK8r0v71pZjFTYXZWM3FlRnM",
+    "aligned": google_drive(
+        "img_align_celeba.zip", "0B7EVK8r0v71pZjFTYXZWM3FlRnM", "md5:00d2c5bc6d35e252742224ab0c1e8fcb"
     ),
 }
 CELEBA_FOLDERS = {"aligned": "img_align_celeba", "wild": "img_celeba"}

@@ -22,3 +22,11 @@ class DataError(SuiteError, ValueError):
 
 class MissingInputError(SuiteError, FileNotFoundError):
     """A file or folder an earlier stage (or the user) should have provided is not there."""
+
+
+class NotAvailableError(MissingInputError):
+    """A method cannot run because its weights could not be obtained (offline, moved file).
+
+    The anonymise, evaluate and report stages record the method as not available with this
+    message instead of stopping: its rows say so.
+    """

@@ -24,6 +24,7 @@ from facedata.config import above, at_least
 from facedata.errors import DataError, SuiteError
 
 CHUNK = 1 << 20
+GOOGLE_DRIVE = "https://drive.usercontent.google.com/download?export=download&confirm=t&id="
 
 
 @dataclass(frozen=True)
@@ -46,17 +47,25 @@ class UnsafeArchiveError(DataError):
 
 @dataclass(frozen=True)
 class Remote:
-    """A file to fetch. `checksum` is "<algorithm>:<hex>" with algorithm md5 or sha256."""
+    """A file to fetch. `checksum` is "<algorithm>:<hex>" with algorithm md5 or sha256, or None where no
+    digest is published: then any complete download is accepted and the caller records its digest."""
 
     filename: str
     url: str
-    checksum: str
+    checksum: str | None
     google_drive_id: str | None = None
 
     def __post_init__(self):
+        if self.checksum is None:
+            return
         algorithm, _, digest = self.checksum.partition(":")
         if algorithm not in ("md5", "sha256") or not digest:
             raise ValueError(f"{self.filename}: checksum must be 'md5:<hex>' or 'sha256:<hex>', got {self.checksum!r}")
+
+
+def google_drive(filename: str, file_id: str, checksum: str | None = None) -> Remote:
+    """A file shared on Google Drive, fetched from its download endpoint (large files: confirmation page)."""
+    return Remote(filename, GOOGLE_DRIVE + file_id, checksum, google_drive_id=file_id)
 
 
 def file_digest(path: Path, algorithm: str) -> str:
@@ -83,12 +92,13 @@ def fetch(
 ) -> Path:
     """Download `remote` into `directory`, verify it and return its path.
 
-    An existing verified file is reused. A partial `<name>.part` left by an interrupted
-    run is resumed with an HTTP Range request. On a checksum mismatch nothing is left behind.
+    An existing verified file is reused (any existing file when `remote.checksum` is None: it was
+    moved into place complete). A partial `<name>.part` left by an interrupted run is resumed
+    with an HTTP Range request. On a checksum mismatch nothing is left behind.
     """
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / remote.filename
-    if matches(target, remote.checksum):
+    if target.is_file() and (remote.checksum is None or matches(target, remote.checksum)):
         return target
     partial = directory / (remote.filename + ".part")
     session = session or requests.Session()
@@ -111,14 +121,15 @@ def fetch(
             last_error = error
     else:
         raise DownloadError(f"{remote.filename}: failed after {retries + 1} attempts from {remote.url}: {last_error}")
-    algorithm, _, expected = remote.checksum.partition(":")
-    actual = file_digest(partial, algorithm)
-    if actual != expected.lower():
-        partial.unlink(missing_ok=True)
-        raise ChecksumError(
-            f"{remote.filename} from {remote.url}: {algorithm} is {actual}, expected {expected}. "
-            "The download was deleted; the source may have changed or been corrupted."
-        )
+    if remote.checksum is not None:
+        algorithm, _, expected = remote.checksum.partition(":")
+        actual = file_digest(partial, algorithm)
+        if actual != expected.lower():
+            partial.unlink(missing_ok=True)
+            raise ChecksumError(
+                f"{remote.filename} from {remote.url}: {algorithm} is {actual}, expected {expected}. "
+                "The download was deleted; the source may have changed or been corrupted."
+            )
     os.replace(partial, target)
     return target
 
@@ -192,7 +203,8 @@ def _google_drive_url(session: requests.Session, remote: Remote, timeout: float)
     if not form.action or "id" not in form.fields:
         raise DownloadError(
             f"{remote.filename}: Google Drive returned a page without a download form "
-            "(quota exceeded or file moved). Download it by hand and set the dataset's root in params.yaml."
+            f"(quota exceeded or file moved); download it by hand from "
+            f"https://drive.google.com/file/d/{remote.google_drive_id}/view"
         )
     action = urllib.parse.urljoin(remote.url, form.action)
     return f"{action}?{urllib.parse.urlencode(form.fields)}"

@@ -2,8 +2,9 @@
 
 For each dataset it writes lossless crops `outputs/<dataset>/<method>/<pair_id>.png` with a
 `manifest.csv` (pair_id, source, condition, status). Pairs whose source photo was not prepared
-are listed with their status and get no image. The folder is replaced as a whole only when
-every batch succeeded.
+are listed with their status and get no image. A method whose weights could not be obtained
+(the authors' released files, offline) gets no images: every pair is "not available", and
+summary.json says why. The folder is replaced as a whole only when every batch succeeded.
 
     python -m pipelines.anonymise <method>
 
@@ -17,19 +18,22 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from baselines import RunContext, check_output, create, identity_order, load_batch
+from baselines import Anonymiser, RunContext, check_output, create, identity_order, load_batch
 from facedata.atomic import write_json, write_table
 from facedata.datasets import DATASETS
+from facedata.errors import NotAvailableError
 from facedata.prepared import PreparedDataset
 from pipelines import stage
 from pipelines.config import Params
 from pipelines.layout import Layout, require
+from pipelines.tables import NOT_AVAILABLE
 
 
 def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> dict:
@@ -38,40 +42,47 @@ def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> di
     manifest = pd.read_csv(require(layout.test_pairs(dataset), "pairs"))
     faces = PreparedDataset(layout.prepared(dataset))
     context = RunContext(method=method, dataset=dataset, identities=identity_order(manifest),
-                         checkpoint=layout.checkpoint(method), root=layout.path(entry.root) if entry.root else None,
+                         checkpoint=layout.checkpoint(method), released=layout.released(method),
+                         root=layout.path(entry.root) if entry.root else None,
                          batch_size=params.anonymise.batch_size)
-    anonymiser = create(entry.anonymiser_name(method), params.anonymiser_settings(method), context)
-
-    runnable = manifest["source"].isin(faces.ok.index) & manifest["condition"].isin(faces.ok.index)
-    status = np.where(runnable, "ok", "skipped: " + manifest["source_status"].astype(str))
+    summary = {"dataset": dataset, "method": method, "pairs": len(manifest)}
+    try:
+        anonymiser = create(entry.anonymiser_name(method), params.anonymiser_settings(method), context)
+    except NotAvailableError as error:
+        anonymiser, summary[NOT_AVAILABLE] = None, str(error)
     out = layout.outputs(dataset, method)
     staging = out.parent / f".{method}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    if anonymiser is None:
+        status = np.full(len(manifest), "not available")
+    else:
+        status = anonymise_pairs(anonymiser, manifest, faces, staging, params.anonymise.batch_size, method, dataset)
+    summary.update(anonymised=int((status == "ok").sum()), skipped=int((status != "ok").sum()),
+                   seconds=round(time.perf_counter() - started, 2))
+    write_table(staging / "manifest.csv", manifest[["pair_id", "source", "condition"]].assign(status=status))
+    write_json(staging / "summary.json", summary)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(staging, out)
+    if NOT_AVAILABLE in summary:
+        print(f"{dataset}/{method}: not available ({summary[NOT_AVAILABLE]}); its rows say so")
+    else:
+        print(f"{dataset}/{method}: {summary['anonymised']} of {summary['pairs']} pairs anonymised, "
+              f"{summary['skipped']} skipped (source not prepared) in {summary['seconds']} s")
+    return summary
+
+
+def anonymise_pairs(anonymiser: Anonymiser, manifest: pd.DataFrame, faces: PreparedDataset, staging: Path,
+                    batch_size: int, method: str, dataset: str) -> np.ndarray:
+    """Write `<pair_id>.png` into `staging` for every pair whose photos were prepared; each pair's status."""
+    runnable = manifest["source"].isin(faces.ok.index) & manifest["condition"].isin(faces.ok.index)
     todo = manifest[runnable]
-    batch_size = params.anonymise.batch_size
     for start in tqdm(range(0, len(todo), batch_size), desc=f"{dataset}/{method}", unit="batch", disable=None):
         batch = load_batch(todo.iloc[start : start + batch_size], faces, faces)
         images = check_output(batch, anonymiser.anonymise(batch), method)
         for pair_id, image in zip(batch.pair_ids, images, strict=True):
             Image.fromarray(image).save(staging / f"{pair_id}.png", compress_level=1)
-    write_table(staging / "manifest.csv", manifest[["pair_id", "source", "condition"]].assign(status=status))
-    summary = {
-        "dataset": dataset,
-        "method": method,
-        "pairs": len(manifest),
-        "anonymised": len(todo),
-        "skipped": int((~runnable).sum()),
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    write_json(staging / "summary.json", summary)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(staging, out)
-    print(
-        f"{dataset}/{method}: {summary['anonymised']} of {summary['pairs']} pairs anonymised, "
-        f"{summary['skipped']} skipped (source not prepared) in {summary['seconds']} s"
-    )
-    return summary
+    return np.where(runnable, "ok", "skipped: " + manifest["source_status"].astype(str))
 
 
 def run(params: Params, layout: Layout, method: str) -> dict[str, dict]:

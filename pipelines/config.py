@@ -14,9 +14,10 @@ registered anonymiser's settings, a `metrics` entry a registered metric's option
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 
@@ -26,7 +27,7 @@ from anonygan.training import TrainConfig
 from baselines import anonymiser_class, available
 from baselines.ciagan import CiaganConfig, TrainingConfig
 from facedata import config
-from facedata.config import at_least
+from facedata.config import Check, FieldError, at_least
 from facedata.crops import PrepareConfig
 from facedata.datasets import DataConfig
 from facedata.errors import ParamsError
@@ -53,6 +54,27 @@ class MethodConfig:
 
     def anonymiser_name(self, method: str) -> str:
         return self.anonymiser or method
+
+
+def _is_sha256(digest: str) -> bool:
+    return re.fullmatch("[0-9a-fA-F]{64}", digest) is not None
+
+
+@dataclass(frozen=True)
+class ReleasedConfig:
+    """One of the authors' released weight files: stage download-released@<method> (`released.<method>`)."""
+
+    model: Literal["anonygan", "ciagan"]  # anonygan: AnonyGAN's Lightning checkpoint | ciagan: CIAGAN's generator
+    # The file's SHA-256 (64 hex digits); null: the first download's is recorded and later ones must match it
+    sha256: Annotated[str, Check(_is_sha256, "64 hex digits")] | None = None
+    landmarks: Literal[68, 29] | None = None  # AnonyGAN: the file must have this many; null: what its keys show
+    landmark_attention: bool | None = None  # AnonyGAN: the file must have Landmark Attention on / off; null: either
+
+    def __post_init__(self):
+        if self.model != "anonygan":
+            for name in ("landmarks", "landmark_attention"):
+                if getattr(self, name) is not None:
+                    raise FieldError(name, f"is an AnonyGAN setting; {self.model}'s file has no variants")
 
 
 @dataclass(frozen=True)
@@ -83,6 +105,7 @@ class Params:
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # overrides of model and train settings
     ciagan: CiaganSettings = field(default_factory=CiaganSettings)
     anonymisers: dict[str, Any] = field(default_factory=dict)  # anonymiser -> its settings (defaults filled in)
+    released: dict[str, ReleasedConfig] = field(default_factory=dict)  # method -> the authors' file it loads
     methods: dict[str, MethodConfig] = field(default_factory=dict)
     anonymise: AnonymiseConfig = field(default_factory=AnonymiseConfig)
     metrics: dict[str, Any] = field(default_factory=dict)  # registered metric -> its options (defaults filled in)
@@ -106,6 +129,11 @@ class Params:
         if name not in self.variants:
             raise ParamsError(f"unknown variant {name!r}: params.yaml variants has {', '.join(self.variants)}")
         return _variant(self.model, self.train, name, self.variants[name])
+
+    def release(self, name: str) -> ReleasedConfig:
+        if name not in self.released:
+            raise ParamsError(f"unknown released entry {name!r}: params.yaml released has {', '.join(self.released)}")
+        return self.released[name]
 
     def method(self, name: str) -> MethodConfig:
         if name not in self.methods:
@@ -162,10 +190,14 @@ def from_mapping(raw: Any) -> Params:
     params = dataclasses.replace(params, anonymisers=anonymisers, metrics=options)
     for name, entry in params.methods.items():
         try:
-            anonymiser_class(entry.anonymiser_name(name))
+            anonymiser = anonymiser_class(entry.anonymiser_name(name))
         except KeyError as error:
             raise ParamsError(f"methods.{name}.anonymiser: {error.args[0]}") from None
         params.anonymiser_settings(name)
+        release = params.released.get(name)
+        if anonymiser.released_model is not None and (release is None or release.model != anonymiser.released_model):
+            raise ParamsError(f"methods.{name} loads the {anonymiser.released_model} authors' weights: it needs "
+                              f"released.{name} with model: {anonymiser.released_model} (download-released@{name})")
     return params
 
 

@@ -4,9 +4,10 @@ Reads outputs/<dataset>/<method>/ and writes results/<dataset>/<method>.json
 ({metric name: metrics.calc result}) and results/<dataset>/<method>.pairs.csv (the per-pair
 values metrics report: pose error, detected or not; one row per pair). A metric whose
 pretrained weights are not available is recorded as {"error": <what is missing and where to
-put it>} instead of stopping the stage; the report shows it as not computed. Real-set
-statistics and embeddings are cached under evaluate.cache, so each is computed once per
-dataset, not once per method.
+put it>} instead of stopping the stage; the report shows it as not computed. A method the
+anonymise stage marked not available gets {"not_available": {"reason": ..., ...}} and no
+metric. Real-set statistics and embeddings are cached under evaluate.cache, so each is
+computed once per dataset, not once per method.
 
     python -m pipelines.evaluate <method>
 """
@@ -14,6 +15,7 @@ dataset, not once per method.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pandas as pd
 
@@ -25,6 +27,7 @@ from metrics.weights import WeightsUnavailableError
 from pipelines import stage
 from pipelines.config import Params
 from pipelines.layout import Layout, require
+from pipelines.tables import NOT_AVAILABLE
 
 
 def pair_set(layout: Layout, dataset: str) -> metrics.PairSet:
@@ -38,6 +41,14 @@ def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> di
     images = layout.outputs(dataset, method)
     require(images / "manifest.csv", f"anonymise@{method}")
     pairs = pair_set(layout, dataset)
+    anonymised = json.loads(require(images / "summary.json", f"anonymise@{method}").read_text())
+    if NOT_AVAILABLE in anonymised:
+        reason = anonymised[NOT_AVAILABLE]
+        results = {NOT_AVAILABLE: {"reason": reason, "n": 0, "n_skipped": len(pairs.manifest)}}
+        write_table(layout.pair_results(dataset, method), pairs.manifest[["pair_id"]])
+        write_json(layout.results(dataset, method), results)
+        print(f"{dataset}/{method}: not evaluated, not available ({reason})")
+        return results
     inputs = metrics.MetricInputs(
         pairs,
         images=images,

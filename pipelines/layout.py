@@ -51,6 +51,10 @@ class Layout:
     def checkpoint(self, method: str) -> Path:
         return self.root / "models" / method / "checkpoint.pt"
 
+    def released(self, method: str) -> Path:
+        """download-released@<method>'s folder: the authors' released file and its status.json."""
+        return self.root / "models" / method
+
     def live(self, method: str) -> Path:
         """DVCLive's folder of a trained method."""
         return self.root / "dvclive" / method

@@ -2,7 +2,8 @@
 
 Reads results/<dataset>/<method>.json (+ .pairs.csv), outputs/<dataset>/<method>/ and
 dvclive/<method>/; writes reports/table{1,2}.{md,csv,tex} and reports/figures/*.png.
-A metric that was not computed (e.g. pretrained weights missing) shows as "-".
+A metric that was not computed (e.g. pretrained weights missing) shows as "-"; a method that
+could not run (its released weights not available) as "not available", with the reason.
 
     python -m pipelines.report
 """
@@ -136,6 +137,8 @@ def detection(all_results: dict, paper: dict, target: Path) -> None:
         order = [label.get_text() for label in axis.get_xticklabels()]
         for offset, detector in ((-0.2, "dlib"), (0.2, "MTCNN")):
             points = part[part["detector"] == detector].set_index("method").reindex(order)
+            if points["paper"].isna().all():  # none of the paper's rows (matplotlib cannot place only NaNs)
+                continue
             axis.scatter(
                 np.arange(len(order)) + offset,
                 points["paper"],
@@ -146,7 +149,8 @@ def detection(all_results: dict, paper: dict, target: Path) -> None:
             )
         axis.tick_params(axis="x", rotation=45)
         axis.set(ylabel="faces detected (%)", ylim=(0, 105))
-    grid.axes.flat[0].legend(loc="lower left")
+    if grid.axes.flat[0].get_legend_handles_labels()[0]:
+        grid.axes.flat[0].legend(loc="lower left")
     save_figure(grid.figure, target)
 
 
@@ -203,12 +207,18 @@ def training_curves(live: Path, methods: list[str], target: Path) -> None:
 
 def qualitative(layout: Layout, dataset: str, methods: list[str], names: dict[str, str], pairs: int,
                 target: Path) -> None:
-    """The paper's Figure 3 layout: condition, source, then every method's output for the same pair."""
+    """The paper's Figure 3 layout: condition, source, then every method's output for the same pair.
+
+    Methods without images (not available) are left out, and the stage says so.
+    """
     manifests = {
         m: pd.read_csv(layout.outputs(dataset, m) / "manifest.csv")
         for m in methods
         if (layout.outputs(dataset, m) / "manifest.csv").is_file()
     }
+    for method in [m for m, frame in manifests.items() if not (frame["status"] == "ok").any()]:
+        print(f"report: {dataset}/{method} has no anonymised images; left out of the qualitative figure")
+        del manifests[method]
     if not manifests:
         raise MissingInputError(f"no anonymised outputs under {layout.outputs_root / dataset}")
     shown = list(manifests)

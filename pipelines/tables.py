@@ -1,7 +1,9 @@
 """Tables 1 and 2: our numbers beside the paper's, with the difference, N and failures.
 
 Input: one result dict per (dataset, method) as the evaluate stage writes it,
-{metric name: metrics.calc(...) result}, and reports/paper_numbers.yaml.
+{metric name: metrics.calc(...) result}, and reports/paper_numbers.yaml. A method that could not
+run (its weights not available) has instead {NOT_AVAILABLE: {"reason": ..., "n": 0, "n_skipped": pairs}}:
+its row says "not available" in every cell and the reason is printed under the table.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ class Column:
     title: str
     percent: bool  # shares are printed as percentages, differences in percentage points
 
+
+#: The key of a result, of the anonymise stage's summary.json, that marks a method that could not run.
+NOT_AVAILABLE = "not_available"
 
 PAPER_COLUMNS = (
     Column("fid", "FID", False),
@@ -56,13 +61,15 @@ def table(results: dict[str, dict[str, dict]], paper: dict[str, dict], rows: dic
     `<metric>_paper_std`, `<metric>_diff` (ours - paper). Plus `n` (pairs of the test set),
     `n_skipped` (pairs no metric could evaluate: source photo not prepared or no anonymised
     image; a metric's own protocol skips, like verification's different-person pairs, are
-    not counted) and `pose_failures` (images in which dlib found no face).
+    not counted), `pose_failures` (images in which dlib found no face), `available` and `note` (why not).
     """
     methods = [m for m in rows if m in results] + [m for m in results if m not in rows]
     frame_rows = []
     for method in methods:
         result, reference = results[method], paper.get(method, {})
-        row: dict[str, Any] = {"method": method, "name": rows.get(method, method)}
+        row: dict[str, Any] = {"method": method, "name": rows.get(method, method),
+                               "available": NOT_AVAILABLE not in result,
+                               "note": result.get(NOT_AVAILABLE, {}).get("reason", "")}
         for column in PAPER_COLUMNS:
             ours, ours_std = _mean_std(result.get(column.metric))
             theirs, theirs_std = _mean_std(reference.get(column.metric))
@@ -107,7 +114,8 @@ def display(frame: pd.DataFrame) -> pd.DataFrame:
     for column in PAPER_COLUMNS:
         cells = []
         for _, row in frame.iterrows():
-            ours = _cell(row[column.metric], row.get(f"{column.metric}_std"), column.percent)
+            ours = (_cell(row[column.metric], row.get(f"{column.metric}_std"), column.percent) if row["available"]
+                    else "not available")
             theirs = _cell(row[f"{column.metric}_paper"], row.get(f"{column.metric}_paper_std"), column.percent)
             cells.append(_compared(ours, theirs, row[f"{column.metric}_diff"], column.percent))
         shown[column.title] = cells
@@ -123,7 +131,8 @@ def to_markdown(frame: pd.DataFrame, caption: str) -> str:
     rule = "|" + "|".join("---" for _ in shown.columns) + "|"
     lines = ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
     note = "Cells: ours (paper; ours - paper). Shares in %, differences in percentage points (pp)."
-    return "\n".join([f"**{caption}**", "", header, rule, *lines, "", note, ""])
+    missing = [f"- Not available: {row.name}: {row.note}" for row in frame.itertuples() if not row.available]
+    return "\n".join([f"**{caption}**", "", header, rule, *lines, "", note, *missing, ""])
 
 
 def to_latex(frame: pd.DataFrame, caption: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
 import threading
 from pathlib import Path
@@ -20,7 +21,16 @@ from facedata.datasets import parse_pairs
 from facedata.framing import face_mask
 from facedata.prepared import PreparedDataset
 from metrics import weights
-from tests.helpers import SHARED_DATA, SMALL, FileServer, calibrated, prepare_dataset, register_file, write_prepared
+from tests.helpers import (
+    RELEASED_LAYOUTS,
+    SHARED_DATA,
+    SMALL,
+    FileServer,
+    calibrated,
+    prepare_dataset,
+    register_file,
+    write_prepared,
+)
 
 
 def _require(path: Path) -> Path:
@@ -55,6 +65,13 @@ def celeba_protocol_root(shared_data) -> Path:
 @pytest.fixture(scope="session")
 def lfw_root(shared_data) -> Path:
     return _require(shared_data / "lfw")
+
+
+@pytest.fixture(scope="session")
+def released_layouts() -> dict[str, dict]:
+    """The authors' released files' exact layouts: {"anonygan": ..., "ciagan": ...} (../shared/reference)."""
+    files = {"anonygan": "anonygan_lightning_keys.json", "ciagan": "ciagan_generator_keys.json"}
+    return {model: json.loads(_require(RELEASED_LAYOUTS / name).read_text()) for model, name in files.items()}
 
 
 @pytest.fixture(scope="session")
@@ -106,6 +123,15 @@ def small_prepared(prepared_celeba, tmp_path_factory) -> Path:
                       "crop": np.asarray(Image.fromarray(crop).resize((width, height), Image.Resampling.LANCZOS)),
                       "mask": face_mask(landmarks, SMALL)})
     return write_prepared(tmp_path_factory.mktemp("prepared-small"), faces)
+
+
+@pytest.fixture
+def one_thread():
+    """The test machine's cores are shared; one torch thread is faster than two contending ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -30,6 +30,8 @@ from pipelines.profile import changes, overlay
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ANONYGAN_SHARED_DATA", REPO.parent / "shared" / "data"))
+#: The exact layouts of the authors' released weight files (key lists, shapes, dtypes; see its README).
+RELEASED_LAYOUTS = SHARED_DATA.parent / "reference" / "released-checkpoints"
 #: Prepared minis are cached here between test runs; rows are keyed by photo bytes and settings.
 PREPARED_CACHE = REPO / ".cache" / "test-prepared"
 #: Metric features of real crops, cached by content between runs.
@@ -209,6 +211,13 @@ def calibrated(network: torch.nn.Module, size: int) -> torch.nn.Module:
 
 
 # --- HTTP -------------------------------------------------------------------------------------
+
+def google_drive_page(action: str, file_id: str) -> bytes:
+    """Google Drive's "can't scan this file for viruses" page: a form whose submission serves the file."""
+    fields = {"id": file_id, "export": "download", "confirm": "t", "uuid": "u-1"}
+    inputs = "".join(f'<input type="hidden" name="{name}" value="{value}">' for name, value in fields.items())
+    return f'<html><body><form id="download-form" action="{action}" method="get">{inputs}</form></body></html>'.encode()
+
 
 class FileServer:
     """Files served over HTTP on 127.0.0.1, with the failure modes downloads must survive.

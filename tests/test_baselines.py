@@ -25,7 +25,8 @@ def small_batch(n: int = 2) -> FaceBatch:
 
 
 def test_every_paper_method_is_registered():
-    assert set(baselines.available()) == {"original", "blur", "pixelate", "ciagan", "folder", "anonygan"}
+    assert set(baselines.available()) == {"original", "blur", "pixelate", "ciagan", "folder", "anonygan",
+                                          "anonygan-released", "ciagan-released"}
     with pytest.raises(KeyError, match="unknown anonymiser 'deepprivacy'.*blur"):
         create("deepprivacy")
 

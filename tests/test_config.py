@@ -18,7 +18,7 @@ from facedata import config
 from facedata.config import FieldError, above, at_least, odd
 from facedata.errors import ParamsError
 from pipelines import stage
-from pipelines.config import Params, from_mapping
+from pipelines.config import Params, ReleasedConfig, from_mapping
 from pipelines.layout import Layout
 from tests.helpers import REPO, dvc, params_mapping, repository_copy, write_params
 
@@ -79,7 +79,10 @@ def test_params_yaml_holds_the_code_defaults():
                     "report", "anonymisers", "metrics"):
         assert getattr(loaded, section) == getattr(from_mapping({}), section), section
     assert loaded.prepare == defaults.prepare and loaded.model == defaults.model
-    assert set(loaded.methods) == {"original", "blur", "pixelate", "ciagan", *loaded.variants}
+    assert set(loaded.methods) == {"original", "blur", "pixelate", "ciagan", *loaded.variants, *loaded.released}
+    # The authors' released files, nothing pinned: whatever the first download is, is recorded.
+    assert loaded.released == {"anonygan-released": ReleasedConfig(model="anonygan"),
+                               "ciagan-released": ReleasedConfig(model="ciagan")}
 
 
 def test_a_variant_overrides_model_and_train_settings_only():
@@ -118,6 +121,11 @@ BAD_VALUES = [
     ("anonymisers.blur.kernel_size", 100, "anonymise", "blur", "anonymisers.blur.kernel_size must be odd; got 100"),
     ("anonymisers.pixelate.cells", 0, "anonymise", "pixelate", "anonymisers.pixelate.cells must be >= 1; got 0"),
     ("anonymisers.anonygan.output", "pasted", "anonymise", "anonygan-68", "anonymisers.anonygan.output must be one"),
+    ("anonymisers.ciagan.spectral_norm", "off", "anonymise", "ciagan", "spectral_norm must be one of update, frozen"),
+    ("released.anonygan-released.landmarks", 30, "download_released", "anonygan-released",
+     "released.anonygan-released.landmarks must be one of 68, 29 or null; got 30"),
+    ("released.ciagan-released.sha256", "beef", "download_released", "ciagan-released",
+     "released.ciagan-released.sha256 must be 64 hex digits; got 'beef'"),
     ("anonymisers.deepprivacy", {}, "anonymise", "blur", "anonymisers.deepprivacy is not an anonymiser with settings"),
     ("methods.blur.anonymiser", "blurry", "anonymise", "blur", "methods.blur.anonymiser: unknown anonymiser"),
     ("methods.blur.params", "anonymisers.pixelate", "anonymise", "blur", "methods.blur.params names anonymisers"),
@@ -154,7 +162,8 @@ def test_a_bad_value_stops_its_stage_with_one_line_naming_the_key(dotted, value,
         entry.main([item] if item else [], layout=layout)
     lines = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == stage.USER_ERROR and len(lines) == 1, lines
-    label = {"train_ciagan": "train-ciagan"}.get(module, module) + (f"@{item}" if item else "")
+    label = {"train_ciagan": "train-ciagan", "download_released": "download-released"}.get(module, module) + (
+        f"@{item}" if item else "")
     assert lines[0].startswith(f"{label}: ") and dotted.split(".")[0] in lines[0]
     assert re.search(message, lines[0]), lines[0]
 

@@ -14,6 +14,7 @@ import pytest
 from facedata.fetch import ChecksumError, DownloadError, Remote, UnsafeArchiveError, extract, fetch
 from pipelines.config import from_mapping
 from pipelines.layout import Layout
+from tests.helpers import google_drive_page
 
 PAYLOAD = os.urandom(3 * (1 << 20) + 12345)  # several chunks, not a multiple of the chunk size
 
@@ -83,13 +84,7 @@ def test_missing_file_is_not_retried(file_server, tmp_path):
 
 
 def test_google_drive_confirmation_page_is_followed(file_server, tmp_path):
-    page = (
-        b'<html><body><form id="download-form" action="/download" method="get">'
-        b'<input type="hidden" name="id" value="FILEID"><input type="hidden" name="export" value="download">'
-        b'<input type="hidden" name="confirm" value="t"><input type="hidden" name="uuid" value="u-1">'
-        b"</form></body></html>"
-    )
-    file_server.files["/uc"] = ("text/html; charset=utf-8", page)
+    file_server.files["/uc"] = ("text/html; charset=utf-8", google_drive_page("/download", "FILEID"))
     file_server.files["/download"] = PAYLOAD
     remote = Remote("big.zip", file_server.url("/uc?id=FILEID"), sha256(PAYLOAD), google_drive_id="FILEID")
     assert fetch(remote, tmp_path, backoff=0).read_bytes() == PAYLOAD
@@ -99,8 +94,18 @@ def test_google_drive_confirmation_page_is_followed(file_server, tmp_path):
 def test_google_drive_page_without_form_explains_what_to_do(file_server, tmp_path):
     file_server.files["/uc"] = ("text/html", b"<html>Quota exceeded</html>")
     remote = Remote("big.zip", file_server.url("/uc?id=X"), sha256(PAYLOAD), google_drive_id="X")
-    with pytest.raises(DownloadError, match="set the dataset's root"):
+    with pytest.raises(DownloadError, match=r"without a download form.*by hand from https://drive\.google\.com/file/d/X"):
         fetch(remote, tmp_path, backoff=0)
+
+
+def test_without_a_published_checksum_any_complete_download_is_kept_and_then_reused(file_server, tmp_path):
+    file_server.files["/a.bin"] = PAYLOAD
+    file_server.cut_after["/a.bin"] = 1_000_000
+    remote = Remote("a.bin", file_server.url("/a.bin"), None)
+    assert fetch(remote, tmp_path, backoff=0).read_bytes() == PAYLOAD  # resumed, complete
+    requests = len(file_server.requests)
+    assert fetch(remote, tmp_path, backoff=0).read_bytes() == PAYLOAD
+    assert len(file_server.requests) == requests and sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
 
 
 def test_remote_rejects_an_unknown_checksum_algorithm():

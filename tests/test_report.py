@@ -11,7 +11,7 @@ from facedata.errors import ParamsError
 from pipelines.config import from_mapping
 from pipelines.layout import Layout
 from pipelines.profile import apply, overlay
-from pipelines.tables import table, to_latex, to_markdown
+from pipelines.tables import NOT_AVAILABLE, table, to_latex, to_markdown
 from tests.helpers import REPO, profile_from
 
 PAPER = yaml.safe_load(Layout(REPO).paper_numbers.read_text())
@@ -100,3 +100,18 @@ def test_skipped_counts_pairs_no_metric_could_use_not_protocol_skips():
                         "verification_dlib": result(0.0, n=99, skipped=101)}}  # different-person pairs
     row = table(results, PAPER["lfw"], ROWS, with_std=True).iloc[0]
     assert row["n"] == 200 and row["n_skipped"] == 2
+
+
+def test_a_method_that_could_not_run_says_not_available_with_the_reason():
+    reason = "the authors' weights are not available: modelG.pth: failed after 6 attempts"
+    results = {"ciagan": {NOT_AVAILABLE: {"reason": reason, "n": 0, "n_skipped": 30}},
+               "blur": {"detection_dlib": result(0.05)}}
+    frame = table(results, PAPER["celeba"], ROWS, with_std=False)
+    row = frame.set_index("method").loc["ciagan"]
+    assert not row["available"] and row["note"] == reason and row["n"] == 30 and row["n_skipped"] == 30
+    assert frame.set_index("method").loc["blur", "available"]
+    markdown = to_markdown(frame, "Table 1")
+    line = next(line for line in markdown.splitlines() if line.startswith("| CIAGAN"))
+    assert line.startswith("| CIAGAN | not available (37.94) | not available (96.00%) |")
+    assert markdown.rstrip().endswith(f"- Not available: CIAGAN: {reason}")
+    assert "not available (37.94)" in to_latex(frame, "Table 1")

@@ -1,8 +1,18 @@
-"""CIAGAN as an anonymiser: a trained generator renders each source face as another identity.
+"""CIAGAN as an anonymiser: a generator renders each source face as another identity.
+
+`ciagan` runs the generator `train-ciagan` trained; `ciagan-released` the authors' released one
+(`download-released@<method>`), through the same code.
 
 Target rule (authors' test code): the source identity's position i in the dataset's identity
 order (the pair manifest's order, `baselines.interface.identity_order`) selects training
 identity (i + 1) mod N, N = the number of training identities in the checkpoint.
+
+Spectral norm (`spectral_norm`): the authors' test.py never calls eval() (test.py:54-56), so
+every forward of their generator runs one power iteration of each spectrally normalised
+convolution and updates its `weight_u` / `weight_v` in place, one face per forward (batch size
+1, test.py:50). `update` (default) does the same: training mode and one face per forward, in
+manifest order. Nothing else in the generator depends on the mode (its instance norms keep no
+running statistics). `frozen` runs eval(): the stored u and v, batched.
 """
 
 from __future__ import annotations
@@ -16,11 +26,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from baselines.ciagan import released
 from baselines.ciagan.frame import network_inputs, to_crop, to_network
 from baselines.ciagan.model import CiaganConfig, Generator, load_checkpoint
 from baselines.interface import Anonymiser, FaceBatch, RunContext, register
 from facedata import runtime
 from facedata.errors import MissingInputError
+from facedata.released import released_file
 
 
 @dataclass(frozen=True)
@@ -28,6 +40,9 @@ class CiaganInferenceConfig:
     """How a CIAGAN generator anonymises the test sets (params `anonymisers.ciagan`)."""
 
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on CUDA only; CPU always runs fp32
+    # update: as the authors' test.py (no eval()): a spectral-norm power iteration per forward, one face per
+    # forward | frozen: eval(), the stored u and v, batched
+    spectral_norm: Literal["update", "frozen"] = "update"
 
 
 @register("ciagan")
@@ -39,11 +54,15 @@ class Ciagan(Anonymiser):
     def __init__(self, generator: Generator, identity_order: Sequence[str],
                  settings: CiaganInferenceConfig = CiaganInferenceConfig(),
                  device: str | torch.device | None = None, batch_size: int = 64):
+        if not identity_order:
+            raise ValueError("CIAGAN needs the dataset's identity order (RunContext.identities) for its target rule")
         self.device = torch.device(device) if device is not None else runtime.default_device()
-        self.generator = generator.to(self.device, memory_format=runtime.memory_format(self.device)).eval()
+        self.generator = generator.to(self.device, memory_format=runtime.memory_format(self.device))
+        self.generator.train(settings.spectral_norm == "update")
         self.position = {identity: index for index, identity in enumerate(identity_order)}
         self.settings = settings
-        self.batch_size = batch_size
+        # A forward per face where each forward updates spectral norm, as the authors' batch size 1.
+        self.batch_size = 1 if settings.spectral_norm == "update" else batch_size
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, identity_order: Sequence[str],
@@ -58,17 +77,7 @@ class Ciagan(Anonymiser):
         return cls(generator, identity_order, settings, device, batch_size)
 
     @classmethod
-    def from_authors_weights(cls, path: str | Path, identity_order: Sequence[str],
-                             device: str | torch.device | None = None) -> Ciagan:
-        """The authors' released generator (a state dict of their `Generator`, 1,200 identities, 128 px)."""
-        generator = Generator(CiaganConfig())
-        generator.load_authors_weights(torch.load(path, map_location="cpu", weights_only=True))
-        return cls(generator, identity_order, device=device)
-
-    @classmethod
     def from_config(cls, settings: CiaganInferenceConfig, context: RunContext) -> Ciagan:
-        if not context.identities:
-            raise ValueError("CIAGAN needs the dataset's identity order (RunContext.identities) for its target rule")
         return cls.from_checkpoint(context.checkpoint, context.identities, settings, context.device,
                                    context.batch_size)
 
@@ -95,6 +104,19 @@ class Ciagan(Anonymiser):
             outputs.append(render_planes(self.generator, planes.to(self.device), targets[part],
                                          self.settings.precision))
         return np.concatenate(outputs) if outputs else np.zeros_like(batch.source)
+
+
+@register("ciagan-released")
+class ReleasedCiagan(Ciagan):
+    """The CIAGAN authors' released generator (models/<method>/modelG.pth from `download-released@<method>`)."""
+
+    released_model = "ciagan"
+
+    @classmethod
+    def from_config(cls, settings: CiaganInferenceConfig, context: RunContext) -> Ciagan:
+        path, _ = released_file(context.released, cls.released_model, context.method)
+        generator, _ = released.load(path)
+        return cls(generator, context.identities, settings, context.device, context.batch_size)
 
 
 @torch.inference_mode()

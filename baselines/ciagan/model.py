@@ -130,7 +130,7 @@ class Generator(nn.Module):
     Input: (B, 6, S, S) in [0, 1]: the 3-channel landmark drawing, then the face with the mask
     region zeroed. Output: (B, 3, S, S), unbounded (the authors clamp to [0, 1] at test time).
     Submodules are registered in the authors' order, so their state dict maps onto this one
-    position by position (`load_authors_weights`).
+    position by position (`baselines.ciagan.released`).
     """
 
     def __init__(self, config: CiaganConfig):
@@ -167,25 +167,6 @@ class Generator(nn.Module):
         code = self.identity_mlp(identity).view(-1, self.identity_map_channels, 4, 4)
         features = self.fuse(torch.cat([features, self.identity_convs(code)], dim=1))
         return self.to_rgb(self.decoder(self.middle(features)))
-
-    def load_authors_weights(self, state: dict[str, torch.Tensor]) -> None:
-        """Load a state dict of the authors' `Generator` (e.g. their released modelG.pth).
-
-        Their module names differ from ours but the parameters come in the same order with the
-        same shapes and kinds (weight_orig / weight_u / weight_v / bias / weight), which is
-        checked entry by entry before anything is loaded.
-        """
-        ours = self.state_dict()
-        if len(state) != len(ours):
-            raise ValueError(f"the authors' generator has {len(state)} tensors, this configuration "
-                             f"{len(ours)}: it needs identities=1200, image_size=128 and default widths")
-        mapped = {}
-        for (their_key, value), (our_key, reference) in zip(state.items(), ours.items(), strict=True):
-            if their_key.rsplit(".", 1)[-1] != our_key.rsplit(".", 1)[-1] or value.shape != reference.shape:
-                raise ValueError(f"authors' {their_key} {tuple(value.shape)} does not match "
-                                 f"{our_key} {tuple(reference.shape)}")
-            mapped[our_key] = value
-        self.load_state_dict(mapped)
 
 
 class Discriminator(nn.Module):
