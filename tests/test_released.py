@@ -140,13 +140,11 @@ def ciagan_state(released_layouts) -> OrderedDict:
 
 
 def plain_anonygan_generator(state: OrderedDict, variant: str) -> Generator:
-    """The test's own mapping: G.* in order onto our generator, conv_att3 transposed by hand, plain load_state_dict."""
+    """The test's own mapping: G.* in order onto our generator (the authors' layer types), plain load_state_dict."""
     landmarks, attention = VARIANTS[variant]
     generator = Generator(ModelConfig(landmarks=landmarks, landmark_attention=attention))
-    theirs = [(key.removeprefix("G."), value) for key, value in state.items() if key.startswith("G.")]
-    generator.load_state_dict(OrderedDict(
-        (ours, value.permute(1, 0, 2, 3) if key == "conv_att3.weight" else value)
-        for (key, value), ours in zip(theirs, generator.state_dict(), strict=True)), strict=True)
+    theirs = [value for key, value in state.items() if key.startswith("G.")]
+    generator.load_state_dict(OrderedDict(zip(generator.state_dict(), theirs, strict=True)), strict=True)
     return generator.eval()
 
 
@@ -168,16 +166,20 @@ def generator_inputs(landmarks: int, size=(16, 12), batch: int = 2):
 # --- our networks against the authors' layouts ------------------------------------------------------
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_our_networks_pair_with_the_authors_tensors_except_the_attention_output(released_layouts, variant):
+@pytest.mark.parametrize("attention_output", ["conv_transpose", "conv"])
+def test_our_networks_pair_with_the_authors_tensors(released_layouts, variant, attention_output):
+    """With the authors' ConvTranspose2d (the default) every tensor pairs; with a Conv2d only the attention output differs."""
     entries = released_layouts["anonygan"]["variants"][variant]["state_dict"]
     landmarks, attention = VARIANTS[variant]
-    generator = Generator(ModelConfig(landmarks=landmarks, landmark_attention=attention))
+    generator = Generator(ModelConfig(landmarks=landmarks, landmark_attention=attention,
+                                      attention_output=attention_output))
     ours = generator.state_dict()
     theirs = [entry for entry in entries if entry["key"].startswith("G.")]
     assert len(theirs) == len(ours) == (264 if attention else 263)
     differing = [(entry["key"], key) for entry, (key, value) in zip(theirs, ours.items(), strict=True)
                  if entry["shape"] != list(value.shape) or entry["key"].rsplit(".", 1)[1] != key.rsplit(".", 1)[1]]
-    assert differing == [("G.conv_att3.weight", "attention_decoder.2.weight")]
+    expected = [] if attention_output == "conv_transpose" else [("G.conv_att3.weight", "attention_decoder.2.weight")]
+    assert differing == expected
     assert [len([e for e in entries if e["key"].startswith(p)]) for p in ("D_gan.", "D_pose.")] == [32, 32]
 
 
