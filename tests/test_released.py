@@ -168,7 +168,7 @@ def generator_inputs(landmarks: int, size=(16, 12), batch: int = 2):
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("attention_output", ["conv_transpose", "conv"])
 def test_our_networks_pair_with_the_authors_tensors(released_layouts, variant, attention_output):
-    """With the authors' ConvTranspose2d (the default) every tensor pairs; with a Conv2d only the attention output differs."""
+    """The authors' ConvTranspose2d (our default) pairs tensor for tensor; a Conv2d differs at the attention output."""
     entries = released_layouts["anonygan"]["variants"][variant]["state_dict"]
     landmarks, attention = VARIANTS[variant]
     generator = Generator(ModelConfig(landmarks=landmarks, landmark_attention=attention,
