@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -45,8 +46,7 @@ def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> di
     runnable = manifest["source"].isin(faces.ok.index) & manifest["condition"].isin(faces.ok.index)
     status = np.where(runnable, "ok", "skipped: " + manifest["source_status"].astype(str))
     out = layout.outputs(dataset, method)
-    staging = out.parent / f".{method}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = _clear_staging(layout, dataset, method)
     staging.mkdir(parents=True)
     todo = manifest[runnable]
     batch_size = params.anonymise.batch_size
@@ -74,7 +74,20 @@ def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> di
     return summary
 
 
+def _clear_staging(layout: Layout, dataset: str, method: str) -> Path:
+    """Remove (a killed run's) staging folder of a method's outputs; returns its path.
+
+    It sits beside the output folder, on the same file system, so the finished folder replaces the
+    old one in one rename. .dvcignore hides `.*.partial` from DVC: never an input of evaluate or report.
+    """
+    staging = layout.outputs(dataset, method).parent / f".{method}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    return staging
+
+
 def run(params: Params, layout: Layout, method: str) -> dict[str, dict]:
+    for dataset in DATASETS:
+        _clear_staging(layout, dataset, method)
     return {dataset: run_dataset(params, layout, method, dataset) for dataset in DATASETS}
 
 

@@ -9,15 +9,19 @@ protocol files are. With data.<dataset>.root set, nothing is downloaded or copie
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 from facedata import datasets
 from facedata.atomic import write_bytes, write_json
 from facedata.errors import MissingInputError
-from facedata.fetch import DownloadConfig, DownloadError, extract, fetch, matches
+from facedata.fetch import DownloadConfig, DownloadError, extract, fetch, matches, staging_folder
 from pipelines import stage
 from pipelines.config import Params
 from pipelines.layout import Layout
+
+#: The folder of data/raw/<dataset>/ that holds the downloaded files.
+DOWNLOADS = "archives"
 
 
 class LayoutError(MissingInputError):
@@ -70,18 +74,25 @@ def verify_local(dataset: str, root: Path, variant: str) -> dict:
     return report
 
 
-def download(dataset: str, variant: str, out: Path, settings: DownloadConfig) -> Path:
-    """Fetch the official files into `out` and extract the archives; returns the dataset root (= out)."""
-    for remote in datasets.remotes(dataset, variant):
+def download(dataset: str, variant: str, layout: Layout, settings: DownloadConfig) -> Path:
+    """Fetch the official files into data/raw/<dataset> and extract the archives; returns that folder.
+
+    Archives may not hold top-level entries named like what the stage keeps beside them (the
+    downloads folder, the protocol files, source.json).
+    """
+    out = layout.raw(dataset)
+    remotes = datasets.remotes(dataset, variant)
+    protected = {DOWNLOADS, layout.source(dataset).name, *(remote.filename for remote in remotes)}
+    for remote in remotes:
         try:
-            path = fetch(remote, out / "archives", retries=settings.retries, timeout=settings.timeout_s)
+            path = fetch(remote, out / DOWNLOADS, retries=settings.retries, timeout=settings.timeout_s)
         except DownloadError as error:
             raise DownloadError(f"{error}. If you have {dataset} on disk, set data.{dataset}.root instead") from None
         if remote.filename.endswith((".zip", ".tgz", ".tar")):
             marker = out / f".{remote.filename}.extracted"
             if not marker.exists() or marker.read_text() != remote.checksum:
                 print(f"extracting {remote.filename}")
-                extract(path, out)
+                extract(path, out, protected)
                 marker.write_text(remote.checksum)
         else:
             write_bytes(out / remote.filename, path.read_bytes())
@@ -91,12 +102,13 @@ def download(dataset: str, variant: str, out: Path, settings: DownloadConfig) ->
 def run(params: Params, layout: Layout, dataset: str) -> dict:
     settings = getattr(params.data, dataset)
     out = layout.raw(dataset)
+    shutil.rmtree(staging_folder(out), ignore_errors=True)  # left by a killed extraction
     out.mkdir(parents=True, exist_ok=True)
     if settings.root:
         root = layout.path(settings.root)
         print(f"{dataset}: verifying the local copy at {root} (nothing is downloaded or copied)")
     else:
-        root = download(dataset, settings.variant, out, params.download)
+        root = download(dataset, settings.variant, layout, params.download)
     report = verify_local(dataset, root, settings.variant)
     report["local_copy"] = bool(settings.root)
     write_json(layout.source(dataset), report)

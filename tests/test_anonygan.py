@@ -16,7 +16,17 @@ from torch.utils.data import default_collate
 from anonygan import losses
 from anonygan.data import NetworkInputs, PairData, hybrid_batches, landmark_maps
 from anonygan.inference import AnonyGANInference, InferenceConfig
-from anonygan.model import BipartiteGraphUnit, LandmarkAttention, ModelConfig, build, composite, load_checkpoint
+from anonygan.model import (
+    SIDE_MULTIPLE,
+    SMALLEST_SIDE,
+    BipartiteGraphUnit,
+    LandmarkAttention,
+    ModelConfig,
+    build,
+    composite,
+    crop_size_problem,
+    load_checkpoint,
+)
 from anonygan.training import Trainer
 from facedata.errors import DataError
 from facedata.landmarks import CIAGAN_29
@@ -83,6 +93,26 @@ def test_full_size_generator_maps_220x180_inputs_to_a_220x180_image():
     # PatchGAN: 5 feature maps, then 11x9 patch logits at 220x180 (the authors' label size).
     assert [f.shape[1] for f in features] == [64, 128, 256, 512, 512, 1]
     assert features[-1].shape == (1, 1, 11, 9)
+
+
+def runs_at(size: tuple[int, int]) -> bool:
+    """Whether tiny networks map (height, width) inputs to an image of that size and at least one patch logit."""
+    model, _ = tiny_configs()
+    generator, d_app, _ = build(model)
+    condition, source, mask, condition_maps, source_maps = random_inputs(model, 1, size)
+    try:
+        image = generator(condition, source * (1 - mask), condition_maps, source_maps)
+        return image.shape[2:] == size and d_app(image, condition)[-1].numel() > 0
+    except RuntimeError:  # a size mismatch between encoder and decoder, or a kernel larger than its input
+        return False
+
+
+def test_the_crop_size_rule_is_what_the_networks_need():
+    assert crop_size_problem(220, 180) is None and crop_size_problem(SMALLEST_SIDE, SMALLEST_SIDE) is None
+    for size in [(SMALLEST_SIDE, SMALLEST_SIDE), (52, 64), (SMALLEST_SIDE, 100)]:
+        assert runs_at(size), size
+    for size in [(SMALLEST_SIDE - SIDE_MULTIPLE, SMALLEST_SIDE), (SMALLEST_SIDE, 181), (54, 64)]:
+        assert crop_size_problem(*size) is not None and not runs_at(size), size
 
 
 @pytest.mark.parametrize("method", VARIANTS)
