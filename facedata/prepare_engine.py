@@ -6,8 +6,9 @@ writes `out` in the layout `facedata.prepared` reads, plus summary.json.
 
 Nothing lost: workers detect and crop; the parent alone writes files. It writes each crop and
 mask atomically, puts the SHA-1 of their bytes in the photo's row and journals the rows
-(`facedata.journal`) every JOURNAL_INTERVAL_S, so a run stopped by Ctrl-C, SIGKILL or a dead
-worker keeps what it finished, and the next run does only the rest.
+(`facedata.journal`) at most every JOURNAL_INTERVAL_S as photos finish, and all of them when
+the run stops on Ctrl-C or a dead worker. So a stopped run keeps what it finished (a SIGKILL
+loses the photos finished since the last part), and the next run does only the rest.
 
 Nothing trusted that should not be: a row is reused only when its settings fingerprint
 (settings, processing version, libraries), its photo's bytes and its crop's and mask's bytes all
@@ -44,7 +45,7 @@ from facedata.landmarks import LandmarkDetector
 from facedata.pool import WorkerDiedError, imap_unordered
 from facedata.prepared import crop_relpath, mask_relpath
 
-#: Seconds between journal parts: a killed run loses at most this much finished work.
+#: Least seconds between journal parts: fewer files, while a SIGKILL loses little finished work.
 JOURNAL_INTERVAL_S = 0.5
 
 

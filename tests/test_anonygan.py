@@ -3,6 +3,8 @@ training on real faces (hybrid batches, overfitting, exact resume), checkpoints,
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -30,12 +32,13 @@ from anonygan.model import (
 from anonygan.training import Trainer
 from facedata.errors import DataError
 from facedata.landmarks import CIAGAN_29
+from facedata.pool import WorkerDiedError
 from facedata.prepared import PreparedDataset
 from facedata.runtime import NonFiniteLossError
 from pipelines import config
 from pipelines import train as train_stage
 from pipelines.layout import Layout
-from tests.helpers import SMALL, interrupted_at, pair_manifest, params, params_mapping, tiny_configs
+from tests.helpers import SMALL, deadline, interrupted_at, pair_manifest, params, params_mapping, tiny_configs
 
 VARIANTS = tuple(params().variants)
 
@@ -413,6 +416,22 @@ def test_checkpoint_round_trip_through_the_inference_api(trained, small_pairs):
     not_a_checkpoint.write_bytes(b"not a checkpoint")
     with pytest.raises(DataError, match="notes.pt is not a readable anonygan checkpoint"):
         AnonyGANInference.from_checkpoint(not_a_checkpoint)
+
+
+@pytest.mark.realdata
+def test_a_killed_data_loader_worker_stops_training_at_once_with_a_clear_error(small_pairs, tmp_path, monkeypatch):
+    model, config = tiny_configs(**{"train.workers": 1})
+    trainer = Trainer(model, config, small_pairs, tmp_path / "checkpoint.pt")
+    trainer_process, load = os.getpid(), PairData.__getitem__
+
+    def killed_in_a_worker(self, index):
+        if os.getpid() != trainer_process:
+            os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer does
+        return load(self, index)
+
+    monkeypatch.setattr(PairData, "__getitem__", killed_in_a_worker)
+    with deadline(120), pytest.raises(WorkerDiedError, match=r"data loader worker process ended abruptly .* epoch 1"):
+        trainer.fit()
 
 
 @pytest.mark.realdata

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from facedata import prepare_engine
+from facedata.prepared import INDEX_COLUMNS
 from pipelines import prepare
 from pipelines.layout import Layout
 from tests.helpers import write_params
@@ -116,6 +117,7 @@ def test_a_photo_linking_outside_the_image_folder_is_not_read(tmp_path):
     assert index.at["escape.jpg", "sha1"] == ""  # never read
     assert index.at["inside.jpg", "status"] == "no_face"  # a link within the folder is an ordinary photo
     assert summary["status"] == {"no_face": 3, "outside_root": 1}
+    assert set(index.reset_index().columns) == set(INDEX_COLUMNS)  # the documented columns, no more, no less
 
 
 def prepare_params(layout: Layout):
