@@ -31,7 +31,7 @@ _LIBRARIES = ("dlib", "dlib-bin", "pillow", "face_recognition_models")
 @dataclass(frozen=True)
 class PrepareConfig:
     crop_height: Annotated[int, at_least(16)] = 220  # canonical crop, the authors' 220x180 (HxW) CelebA size
-    crop_width: Annotated[int, at_least(16)] = 180
+    crop_width: Annotated[int, at_least(16)] = 180  # AnonyGAN needs multiples of 4, >= 48 (checked in pipelines.config)
     eye_scale: Annotated[float, between(1.0, 20.0)] = 5.0  # crop height = 2 * eye_scale * inner-eye distance
     detect_max_side: Annotated[int, at_least(16)] = 500  # photos are detected at most this large, then refined
     detect_upsample: Annotated[int, between(0, 3)] = 1  # dlib HOG upsampling (1 finds faces down to ~40 px)
