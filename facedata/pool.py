@@ -8,6 +8,10 @@ known and named in the error.
 
 Workers ignore Ctrl-C (the parent handles it: it stops the run and keeps finished work) and, on
 Linux, die with the parent, so a killed stage leaves no worker behind that could still write.
+
+The calling process never runs the work itself, even for one worker: dlib's CNN detector starts
+a thread pool that a fork does not copy, so once a process has run it, workers forked from it
+hang in their first CNN call (measured). Loading models before forking is safe and shares them.
 """
 
 from __future__ import annotations
@@ -34,19 +38,15 @@ class WorkerDiedError(SuiteError, RuntimeError):
 def imap_unordered(function: Callable[[Any], Any], items: Sequence[Any], workers: int, *,
                    initializer: Callable[..., None] | None = None, initargs: tuple = (),
                    describe: Callable[[Any], str] = str) -> Iterator[tuple[int, Any]]:
-    """(position in `items`, function(item)) for every item, as they finish.
+    """(position in `items`, function(item)) for every item, as they finish, computed in worker processes.
 
-    With `workers` <= 1 (or one item) everything runs in this process, after `initializer`.
-    Otherwise `function` and `initializer` must be module-level functions; a worker that dies
-    raises WorkerDiedError naming the items in flight (`describe(item)`), at most one per worker.
+    `workers` processes at most (at least one); `function` and `initializer` must be module-level
+    functions. A worker that dies raises WorkerDiedError naming the items in flight
+    (`describe(item)`), at most one per worker.
     """
-    if workers <= 1 or len(items) <= 1:
-        if initializer is not None:
-            initializer(*initargs)
-        for position, item in enumerate(items):
-            yield position, function(item)
+    if not items:
         return
-    workers = min(workers, len(items))
+    workers = max(1, min(workers, len(items)))
     # fork: workers start at once with the parent's modules loaded (dlib, torch) and see its state.
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker,
                                initargs=(os.getpid(), initializer, initargs))
@@ -69,9 +69,21 @@ def imap_unordered(function: Callable[[Any], Any], items: Sequence[Any], workers
                 for next_position, item in itertools.islice(queue, 1):
                     running[pool.submit(function, item)] = next_position
                 yield position, result
+    except BaseException:  # Ctrl-C, a dead worker, a consumer that stopped early: no waiting for a task in flight
+        _terminate_workers(pool)
+        raise
     finally:
-        # Waits only for the tasks in flight (at most one per worker); queued ones never start.
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _terminate_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop the workers mid-task (a task may never end: a hung library call); Python 3.14 has this built in."""
+    terminate = getattr(pool, "terminate_workers", None)
+    if terminate is not None:
+        terminate()
+        return
+    for process in list((pool._processes or {}).values()):  # private before 3.14
+        process.terminate()
 
 
 def _start_worker(parent: int, initializer: Callable[..., None] | None, initargs: tuple) -> None:

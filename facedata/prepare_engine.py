@@ -105,8 +105,7 @@ def _plan(wanted: dict[str, str], root: Path, out: Path, journal: Journal, finge
     history = defaultdict(list)  # key -> rows, oldest first
     for row in [*table, *parts]:
         history[row["key"]].append(row)
-    in_table = {row["key"]: row for row in table}
-    reused, from_parts, jobs, retried = [], [], [], set()
+    reused, jobs, retried = [], [], set()
     for key, identity in tqdm(sorted(wanted.items()), desc=f"{label}: checking", unit="img", disable=None):
         try:
             digest = _sha1(photo_path(root, key))
@@ -119,9 +118,8 @@ def _plan(wanted: dict[str, str], root: Path, out: Path, journal: Journal, finge
                 retried.add(key)
             continue
         reused.append({**row, "identity": identity})
-        if row is not in_table.get(key):
-            from_parts.append(row)
-    journal.restart(from_parts)
+    # Parts of killed runs collapse into one, without the rows of other settings or of photos no longer wanted.
+    journal.restart([row for row in parts if row.get("config") == fingerprint and row["key"] in wanted])
     return reused, jobs, retried
 
 

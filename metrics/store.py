@@ -56,8 +56,11 @@ def map_parallel(function: Callable, items: Sequence, workers: int) -> list:
     `function` must be a module-level function; it keeps its own models per process. A worker
     that dies (e.g. killed by the out-of-memory killer) raises WorkerDiedError naming its item.
     """
+    workers = min(worker_count(workers), len(items))
+    if workers <= 1:  # dlib's HOG detector and face descriptor stay fork-safe after running here (measured)
+        return [function(item) for item in items]
     results = [None] * len(items)
-    for position, result in imap_unordered(function, items, worker_count(workers), describe=_label):
+    for position, result in imap_unordered(function, items, workers, describe=_label):
         results[position] = result
     return results
 

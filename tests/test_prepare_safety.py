@@ -8,9 +8,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 from PIL import Image
 
@@ -18,7 +22,7 @@ from facedata import prepare_engine
 from facedata.prepared import INDEX_COLUMNS
 from pipelines import prepare
 from pipelines.layout import Layout
-from tests.helpers import write_params
+from tests.helpers import deadline, write_params
 
 GREY = Image.new("RGB", (100, 120), (128, 128, 128))
 
@@ -174,10 +178,11 @@ def test_degenerate_photos_are_too_small_and_errors_are_retried_once_per_run_and
     photos = {"one_pixel.jpg": png(Image.new("RGB", (1, 1))), "sliver.jpg": png(Image.new("RGB", (60_000, 2))),
               "grey.jpg": png(GREY), "buggy.jpg": png(GREY)}
     layout = celeba_copy(tmp_path, photos, fallback_detector="cnn")  # dlib's CNN fails outright on tiny images
-    real, calls = prepare_engine.prepare_face, []
+    real, calls = prepare_engine.prepare_face, tmp_path / "calls.txt"  # workers are other processes: a file
 
     def buggy(path, config, detector):
-        calls.append(path.name)
+        with open(calls, "a") as log:
+            log.write(f"{path.name}\n")
         if path.name == "buggy.jpg":
             raise ZeroDivisionError("a bug that only this photo triggers")
         return real(path, config, detector)
@@ -188,9 +193,9 @@ def test_degenerate_photos_are_too_small_and_errors_are_retried_once_per_run_and
     assert first["status"] == {"too_small": 2, "no_face": 1, "error": 1} and first["retried_errors"] == 0
     index = pd.read_parquet(layout.prepared("celeba") / "index.parquet").set_index("key")
     assert "60000x2 photo, searched at 500x1" in index.at["sliver.jpg", "detail"]
-    calls.clear()
+    calls.unlink()
     second = prepare.run(settings, layout, "celeba")  # the bug is still there: one retry, no stop
-    assert calls == ["buggy.jpg"] and second["processed"] == 1 and second["retried_errors"] == 1
+    assert calls.read_text() == "buggy.jpg\n" and second["processed"] == 1 and second["retried_errors"] == 1
     assert second["status"] == {"too_small": 2, "no_face": 1, "error": 1}
 
 
@@ -204,3 +209,33 @@ def test_most_photos_failing_stops_prepare_in_one_line(tmp_path, monkeypatch, ca
     line = stopped(layout, capsys)
     assert "3 of 3 photos failed with an unexpected error" in line and "AssertionError: dlib says: line two" in line
     assert os.listdir(layout.prepared("celeba") / "journal")  # the rows are kept, to be retried
+
+
+def test_prepare_never_runs_dlibs_cnn_in_its_own_process(tmp_path):
+    """A process that ran dlib's CNN forks workers that hang in it: prepare works in workers, even with one."""
+    one = celeba_copy(tmp_path / "one", {"grey.jpg": png(GREY)}, fallback_detector="cnn")  # one worker
+    assert prepare.run(prepare_params(one), one, "celeba")["status"] == {"no_face": 1}  # HOG, then the CNN
+    two = celeba_copy(tmp_path / "two", {f"{i}.jpg": png(GREY) for i in range(3)}, fallback_detector="cnn", workers=2)
+    with deadline(60):
+        assert prepare.run(prepare_params(two), two, "celeba")["status"] == {"no_face": 3}
+
+
+def test_ctrl_c_stops_prepare_at_once_even_while_a_worker_hangs(tmp_path, monkeypatch):
+    layout = celeba_copy(tmp_path, {f"{i}.jpg": png(GREY) for i in range(4)}, workers=2)
+    real = prepare_engine.prepare_face
+
+    def hangs_on_the_last(path, config, detector):
+        if path.name == "3.jpg":
+            time.sleep(3600)  # a library call that never returns
+        return real(path, config, detector)
+
+    monkeypatch.setattr(prepare_engine, "prepare_face", hangs_on_the_last)
+    ctrl_c = threading.Timer(3, os.kill, (os.getpid(), signal.SIGINT))
+    ctrl_c.start()
+    started = time.monotonic()
+    with deadline(60), pytest.raises(KeyboardInterrupt):
+        prepare.run(prepare_params(layout), layout, "celeba")
+    assert time.monotonic() - started < 20
+    assert psutil.Process().children() == []  # no worker left behind, hung or idle
+    kept = pd.concat(pd.read_parquet(p) for p in (layout.prepared("celeba") / "journal").glob("*.parquet"))
+    assert sorted(kept["key"]) == ["0.jpg", "1.jpg", "2.jpg"]  # the finished photos are journalled
