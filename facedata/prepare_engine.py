@@ -1,6 +1,6 @@
 """The prepare engine: every photo of a protocol to a crop, a mask and an index row, resumably.
 
-    summary = prepare_photos(config, images_dir, out, {key: identity}, label="celeba")
+    summary = prepare_photos(config, images_dir, out, {key: identity}, label="celeba", workers=8)
 
 writes `out` in the layout `facedata.prepared` reads, plus summary.json.
 
