@@ -27,6 +27,23 @@ from facedata.landmarks import LANDMARK_SETS
 
 CHECKPOINT_KIND, CHECKPOINT_FORMAT = "anonygan", 3
 
+#: The encoders halve the crop twice and the decoders double it back, so crop sides are multiples of 4.
+SIDE_MULTIPLE = 4
+#: The PatchGANs shrink a side s to floor(s / 16) - 2 logits (four stride-2 and two stride-1 4x4 convs);
+#: at least one logit needs s >= 48.
+SMALLEST_SIDE = 48
+
+
+def crop_size_problem(height: int, width: int) -> str | None:
+    """Why AnonyGAN's networks cannot take (height, width) crops, or None."""
+    for name, side in (("height", height), ("width", width)):
+        if side % SIDE_MULTIPLE or side < SMALLEST_SIDE:
+            fitting = max(SMALLEST_SIDE, round(side / SIDE_MULTIPLE) * SIDE_MULTIPLE)
+            return (f"crop_{name} = {side}: AnonyGAN needs crop sides that are multiples of {SIDE_MULTIPLE} (its "
+                    f"encoders halve the crop twice, its decoders double it back) and at least {SMALLEST_SIDE} px "
+                    f"(its PatchGAN discriminators need one output cell), e.g. {fitting}")
+    return None
+
 
 @dataclass(frozen=True)
 class ModelConfig:

@@ -34,6 +34,17 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def remove_leftovers(folder: str | os.PathLike) -> int:
+    """Delete the temporary files that `atomic_path` calls in `folder` left when their process was killed.
+
+    Returns how many were removed. Run it only while no other process writes into `folder`.
+    """
+    leftovers = [path for path in Path(folder).rglob(".*.tmp") if path.is_file()]
+    for path in leftovers:
+        path.unlink()
+    return len(leftovers)
+
+
 def write_bytes(target: str | os.PathLike, data: bytes) -> None:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)

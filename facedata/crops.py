@@ -7,6 +7,7 @@ that still covers the crop, so a 5000-px photo costs about as much as a small on
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -21,13 +22,16 @@ from facedata.images import ImageError, decode
 from facedata.landmarks import LandmarkDetector
 
 #: Bump when the processing changes in a way that changes outputs for the same config.
-PREPARE_VERSION = 2
+#: 3: crops named after the whole key, degenerate photos get too_small, crop and mask digests in the index.
+PREPARE_VERSION = 3
+#: Libraries whose version can change a crop or mask for the same photo and settings.
+_LIBRARIES = ("dlib", "dlib-bin", "pillow", "face_recognition_models")
 
 
 @dataclass(frozen=True)
 class PrepareConfig:
     crop_height: Annotated[int, at_least(16)] = 220  # canonical crop, the authors' 220x180 (HxW) CelebA size
-    crop_width: Annotated[int, at_least(16)] = 180
+    crop_width: Annotated[int, at_least(16)] = 180  # AnonyGAN needs multiples of 4, >= 48 (checked in pipelines.config)
     eye_scale: Annotated[float, between(1.0, 20.0)] = 5.0  # crop height = 2 * eye_scale * inner-eye distance
     detect_max_side: Annotated[int, at_least(16)] = 500  # photos are detected at most this large, then refined
     detect_upsample: Annotated[int, between(0, 3)] = 1  # dlib HOG upsampling (1 finds faces down to ~40 px)
@@ -40,10 +44,18 @@ class PrepareConfig:
         return self.crop_height, self.crop_width
 
     def fingerprint(self) -> str:
-        """Changes whenever a setting or the processing version changes: invalidates cached rows."""
+        """Changes whenever a setting, the processing version or a library version changes: invalidates cached rows."""
         settings = {key: value for key, value in asdict(self).items() if key != "workers"}
-        payload = json.dumps({**settings, "version": PREPARE_VERSION}, sort_keys=True)
+        libraries = {name: _version(name) for name in _LIBRARIES}
+        payload = json.dumps({**settings, "version": PREPARE_VERSION, "libraries": libraries}, sort_keys=True)
         return hashlib.sha1(payload.encode()).hexdigest()[:12]
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 @dataclass
@@ -67,6 +79,12 @@ class NoFaceError(ImageError):
 def prepare_face(path: Path, config: PrepareConfig, detector: LandmarkDetector) -> PreparedFace:
     """Prepare the main face of one photo. Raises ImageError (status + detail) on any failure."""
     small = decode(path, config.detect_max_side, config.max_pixels)
+    height, width = small.pixels.shape[:2]
+    if min(height, width) < detector.smallest_face:
+        original = "x".join(map(str, small.original_size))
+        raise ImageError("too_small", f"{original} photo, searched at {width}x{height}: a side is below "
+                                      f"{detector.smallest_face} px, the smallest face dlib finds at "
+                                      f"prepare.detect_upsample = {detector.upsample}")
     face, n_faces = detector.main_face(small.pixels)
     if face is None:
         searched = "dlib HOG" + (" and CNN" if detector.fallback else "")

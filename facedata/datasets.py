@@ -89,6 +89,32 @@ class ProtocolFileError(DataError):
     """A malformed protocol file; the message names the file and line."""
 
 
+def key_problem(key: str) -> str | None:
+    """Why `key` cannot name a photo, or None. Keys are data, not paths.
+
+    A key is a relative path of plain names below the image folder (`000001.jpg`,
+    `Name/Name_0001.jpg`): no absolute path, no `.` or `..` component, no empty component, no
+    backslash or control character, so no key can name a file outside the folder, and its
+    crop (`crops/<key>.png`) cannot land outside the prepared folder.
+    """
+    if not key or key.startswith("/") or "\\" in key or any(ord(c) < 32 for c in key):
+        return "must be a relative path without backslashes or control characters"
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        return "must not have empty, '.' or '..' components"
+    return None
+
+
+def _lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 protocol file (a byte-order mark is allowed); another encoding names the file."""
+    try:
+        return path.read_bytes().decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as error:
+        text = error.object  # the bytes after any byte-order mark, which error.start counts in
+        line = text[: error.start].count(b"\n") + 1
+        raise ProtocolFileError(f"{path}:{line}: not UTF-8 text (byte 0x{text[error.start]:02x}); "
+                                "save the file as UTF-8") from None
+
+
 def image_folder(dataset: str, variant: str) -> str:
     return {"celeba": CELEBA_FOLDERS, "lfw": LFW_FOLDERS}[dataset][variant]
 
@@ -111,12 +137,15 @@ def remotes(dataset: str, variant: str) -> list[Remote]:
 def read_identities(path: Path) -> dict[str, str]:
     """Parse identity_CelebA.txt (`<file> <identity>` per line) into {file: identity}."""
     identities: dict[str, str] = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(_lines(path), start=1):
         if not line.strip():
             continue
         fields = line.split()
         if len(fields) != 2 or not fields[1].isdigit():
             raise ProtocolFileError(f"{path}:{number}: expected '<file> <identity number>', got {line!r}")
+        problem = key_problem(fields[0])
+        if problem:
+            raise ProtocolFileError(f"{path}:{number}: file name {fields[0]!r}: the key {problem}")
         if fields[0] in identities:
             raise ProtocolFileError(f"{path}:{number}: {fields[0]} is listed twice")
         identities[fields[0]] = fields[1]
@@ -142,8 +171,12 @@ _NAME = re.compile(r"^[^\s/\\]+$")
 
 
 def parse_pairs(path: Path) -> list[LfwPair]:
-    """Strict parser for LFW's pairs.txt: header `<folds> <n>`, then per fold n same and n different lines."""
-    lines = path.read_text().splitlines()
+    """Strict parser for LFW's pairs.txt: header `<folds> <n>`, then per fold n same and n different lines.
+
+    Every line must name two different photos (a different-person line two different people), and
+    no pair may be listed twice (in either order).
+    """
+    lines = _lines(path)
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:
@@ -157,7 +190,7 @@ def parse_pairs(path: Path) -> list[LfwPair]:
         raise ProtocolFileError(
             f"{path}: header {lines[0]!r} promises {expected - 1} pair lines, found {len(lines) - 1}"
         )
-    pairs = []
+    pairs, seen = [], {}
     for number, line in enumerate(lines[1:], start=2):
         fold, position = divmod(number - 2, 2 * per_class)
         same = position < per_class
@@ -172,8 +205,18 @@ def parse_pairs(path: Path) -> list[LfwPair]:
             raise ProtocolFileError(f"{path}:{number}: malformed {kind} line {line!r}")
         first = lfw_key(names[0], int(numbers[0]))
         second = lfw_key(names[0] if same else names[1], int(numbers[1]))
+        for key in (first, second):
+            problem = key_problem(key)
+            if problem:
+                raise ProtocolFileError(f"{path}:{number}: name {lfw_identity(key)!r} in {line!r}: the key {problem}")
         if same and first == second:
             raise ProtocolFileError(f"{path}:{number}: a same-person pair names one image twice: {line!r}")
+        if not same and names[0] == names[1]:
+            raise ProtocolFileError(f"{path}:{number}: a different-person pair names one person twice: {line!r}")
+        pair = frozenset((first, second))
+        if pair in seen:
+            raise ProtocolFileError(f"{path}:{number}: repeats the pair of line {seen[pair]}: {line!r}")
+        seen[pair] = number
         pairs.append(LfwPair(fold, same, first, second))
     return pairs
 

@@ -13,6 +13,7 @@ import tarfile
 import time
 import urllib.parse
 import zipfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Annotated
@@ -94,7 +95,9 @@ def fetch(
 
     An existing verified file is reused (any existing file when `remote.checksum` is None: it was
     moved into place complete). A partial `<name>.part` left by an interrupted run is resumed
-    with an HTTP Range request. On a checksum mismatch nothing is left behind.
+    with an HTTP Range request. A complete file with the wrong checksum is deleted
+    (ChecksumError). When the server sends no length, a dropped connection cannot be told from
+    the end of the file: a file that does not verify is then resumed on the next attempt.
     """
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / remote.filename
@@ -103,15 +106,14 @@ def fetch(
     partial = directory / (remote.filename + ".part")
     session = session or requests.Session()
     url = remote.url
-    last_error: Exception | None = None
+    last_error: Exception | str | None = None
     for attempt in range(retries + 1):
         if attempt:
             time.sleep(backoff * 2 ** (attempt - 1))
         try:
             if remote.google_drive_id and url == remote.url:
                 url = _google_drive_url(session, remote, timeout)
-            _transfer(session, url, partial, remote.filename, timeout)
-            break
+            length_known = _transfer(session, url, partial, remote.filename, timeout)
         except (
             requests.ConnectionError,
             requests.Timeout,
@@ -119,31 +121,41 @@ def fetch(
             _RetryableStatus,
         ) as error:
             last_error = error
-    else:
-        raise DownloadError(f"{remote.filename}: failed after {retries + 1} attempts from {remote.url}: {last_error}")
-    if remote.checksum is not None:
+            continue
+        if remote.checksum is None:
+            os.replace(partial, target)
+            return target
         algorithm, _, expected = remote.checksum.partition(":")
         actual = file_digest(partial, algorithm)
-        if actual != expected.lower():
+        if actual == expected.lower():
+            os.replace(partial, target)
+            return target
+        if length_known:
             partial.unlink(missing_ok=True)
             raise ChecksumError(
                 f"{remote.filename} from {remote.url}: {algorithm} is {actual}, expected {expected}. "
                 "The download was deleted; the source may have changed or been corrupted."
             )
-    os.replace(partial, target)
-    return target
+        # Without a length a dropped connection looks like the end of the file: resume and check again.
+        last_error = f"the server sent no length and the {partial.stat().st_size} bytes received do not verify"
+    raise DownloadError(f"{remote.filename}: failed after {retries + 1} attempts from {remote.url}: {last_error}")
 
 
 class _RetryableStatus(Exception):
     pass
 
 
-def _transfer(session: requests.Session, url: str, partial: Path, label: str, timeout: float) -> None:
+def _transfer(session: requests.Session, url: str, partial: Path, label: str, timeout: float) -> bool:
+    """Append the rest of the file to `partial`; True if its full length is known to have arrived.
+
+    Complete means the server sent a length and it all came, or refused the range because the
+    partial file already holds everything (416).
+    """
     offset = partial.stat().st_size if partial.exists() else 0
     headers = {"Range": f"bytes={offset}-"} if offset else {}
     with session.get(url, headers=headers, stream=True, timeout=timeout) as response:
         if response.status_code == 416:  # the partial file is already complete
-            return
+            return True
         if response.status_code >= 500 or response.status_code == 429:
             raise _RetryableStatus(f"HTTP {response.status_code} from {url}")
         if response.status_code not in (200, 206):
@@ -172,6 +184,7 @@ def _transfer(session: requests.Session, url: str, partial: Path, label: str, ti
             raise requests.exceptions.ChunkedEncodingError(
                 f"{label}: connection closed at {partial.stat().st_size} of {total} bytes"
             )
+        return total is not None
 
 
 class _FormParser(html.parser.HTMLParser):
@@ -210,32 +223,41 @@ def _google_drive_url(session: requests.Session, remote: Remote, timeout: float)
     return f"{action}?{urllib.parse.urlencode(form.fields)}"
 
 
-def _check_member(name: str, destination: Path) -> Path:
+def _check_member(name: str, destination: Path, protected: Collection[str] = ()) -> Path:
     path = PurePosixPath(name.replace("\\", "/"))
     if path.is_absolute() or ".." in path.parts or (path.parts and ":" in path.parts[0]):
         raise UnsafeArchiveError(f"archive member {name!r} escapes the extraction folder")
+    if path.parts and path.parts[0] in protected:
+        raise UnsafeArchiveError(f"archive member {name!r} would replace {path.parts[0]}, which the download "
+                                 "stage keeps there")
     resolved = (destination / path).resolve()
     if not resolved.is_relative_to(destination.resolve()):
         raise UnsafeArchiveError(f"archive member {name!r} escapes the extraction folder")
     return resolved
 
 
-def extract(archive: Path, destination: Path) -> None:
+def staging_folder(destination: Path) -> Path:
+    """Where `extract` unpacks before moving into `destination`: a sibling, on the same file system."""
+    return destination.parent / f".{destination.name}.extracting"
+
+
+def extract(archive: Path, destination: Path, protected: Collection[str] = ()) -> None:
     """Extract a .tgz/.tar/.zip archive into `destination` after checking every member.
 
-    Absolute paths, `..` components and links pointing outside the folder are rejected
+    Absolute paths, `..` components, links pointing outside the folder and top-level names in
+    `protected` (what the caller keeps in `destination`, such as its downloads) are rejected
     before anything is written. Extraction goes to a sibling temporary folder whose
     contents are moved into place only when the whole archive succeeded.
     """
     destination.mkdir(parents=True, exist_ok=True)
-    staging = destination.parent / f".{destination.name}.extracting"
+    staging = staging_folder(destination)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as bundle:
                 for info in bundle.infolist():
-                    _check_member(info.filename, staging)
+                    _check_member(info.filename, staging, protected)
                     if (info.external_attr >> 16) & 0o170000 == 0o120000:
                         raise UnsafeArchiveError(f"archive member {info.filename!r} is a symbolic link")
                 bundle.extractall(staging)
@@ -243,7 +265,7 @@ def extract(archive: Path, destination: Path) -> None:
             with tarfile.open(archive) as bundle:
                 members = bundle.getmembers()
                 for member in members:
-                    _check_member(member.name, staging)
+                    _check_member(member.name, staging, protected)
                     if member.issym() or member.islnk():
                         link = (
                             PurePosixPath(member.name).parent / member.linkname
@@ -254,7 +276,7 @@ def extract(archive: Path, destination: Path) -> None:
                             raise UnsafeArchiveError(
                                 f"link {member.name!r} points to absolute path {member.linkname!r}"
                             )
-                        _check_member(str(link), staging)
+                        _check_member(str(link), staging, protected)
                     elif not (member.isfile() or member.isdir()):
                         raise UnsafeArchiveError(f"archive member {member.name!r} is not a regular file or folder")
                 bundle.extractall(staging, filter="data")

@@ -22,6 +22,9 @@ LANDMARK_SETS = {68: ALL_68, 29: CIAGAN_29}
 LEFT_EYE_OUTER, RIGHT_EYE_OUTER = 36, 45
 LEFT_EYE_INNER, RIGHT_EYE_INNER = 39, 42
 
+#: Side of the window dlib's HOG and CNN face detectors scan: the smallest face they find without upsampling.
+DETECTOR_WINDOW = 80
+
 
 def dlib_model_path(filename: str) -> Path:
     """Path of a model file shipped by the `face_recognition_models` package.
@@ -73,6 +76,25 @@ class LandmarkDetector:
             raise ValueError(f"fallback must be None or 'cnn', got {fallback!r}")
         self.upsample = upsample
         self.fallback = fallback
+
+    @property
+    def smallest_face(self) -> int:
+        """Side in pixels of the smallest face the detectors find; a smaller image holds no detectable face.
+
+        dlib's CNN also fails outright (an internal assertion) on images under 10 px, which this
+        bound keeps away from it for every allowed upsampling (0-3).
+        """
+        return DETECTOR_WINDOW // 2**self.upsample
+
+    def load(self) -> LandmarkDetector:
+        """Load the models now (they load on first use otherwise); returns self.
+
+        A process that loads them before forking workers shares them with all of them.
+        """
+        _ = self._detector, self._predictor
+        if self.fallback == "cnn":
+            _ = self._cnn
+        return self
 
     @cached_property
     def _detector(self):

@@ -7,6 +7,7 @@ Layout:
 
 `key` is the photo's path relative to the dataset's image folder, e.g. `000001.jpg`
 (CelebA) or `Abel_Pacheco/Abel_Pacheco_0001.jpg` (LFW). Pair manifests refer to photos by key.
+Output names keep the whole key (`crops/000001.jpg.png`), so `a.jpg` and `a.png` never share a crop.
 """
 
 from __future__ import annotations
@@ -15,19 +16,23 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow
 from PIL import Image
 
-from facedata.errors import MissingInputError
+from facedata.errors import DataError, MissingInputError
 from facedata.framing import CropTransform
 from facedata.images import read_rgb
 
 INDEX_COLUMNS = {
     "key": "photo path relative to the dataset's image folder",
     "identity": "identity label (CelebA number or LFW name), as a string",
-    "status": "'ok' or the reason the photo was not prepared (missing, unreadable, too_large, no_face)",
+    "status": "'ok' or why the photo was not prepared: missing, outside_root, unreadable, too_large, too_small, "
+              "no_face, error (an unexpected failure; retried on every run)",
     "detail": "human-readable explanation of a non-ok status",
     "sha1": "SHA-1 of the photo's bytes (cache key)",
-    "config": "fingerprint of the prepare settings that produced the row",
+    "config": "fingerprint of the prepare settings, processing version and libraries that produced the row",
+    "crop_sha1": "SHA-1 of the crop file's bytes as written (ok rows; a re-run reuses the row only if it matches)",
+    "mask_sha1": "SHA-1 of the mask file's bytes as written",
     "width": "upright photo width in pixels",
     "height": "upright photo height in pixels",
     "n_faces": "faces dlib found (the largest, most central is kept)",
@@ -40,11 +45,23 @@ INDEX_COLUMNS = {
 
 
 def crop_relpath(key: str) -> str:
-    return f"crops/{Path(key).with_suffix('.png').as_posix()}"
+    return f"crops/{key}.png"
 
 
 def mask_relpath(key: str) -> str:
-    return f"masks/{Path(key).with_suffix('.png').as_posix()}"
+    return f"masks/{key}.png"
+
+
+def read_index(path: Path) -> pd.DataFrame:
+    """The prepared index at `path`; a MissingInputError or DataError naming the file and what to do."""
+    stage = f"prepare@{path.parent.name}"
+    if not path.is_file():
+        raise MissingInputError(f"{path} not found: run `dvc repro {stage}` first")
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError, pyarrow.ArrowException) as error:  # truncated or not Parquet at all
+        raise DataError(f"{path} is not a readable prepared index ({type(error).__name__}: {error}); "
+                        f"delete it and run `dvc repro {stage}`") from None
 
 
 class PreparedDataset:
@@ -52,10 +69,7 @@ class PreparedDataset:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        index_path = self.root / "index.parquet"
-        if not index_path.is_file():
-            raise MissingInputError(f"{index_path} not found: run `dvc repro prepare@<dataset>` first")
-        self.index = pd.read_parquet(index_path).set_index("key", drop=False)
+        self.index = read_index(self.root / "index.parquet").set_index("key", drop=False)
 
     @property
     def ok(self) -> pd.DataFrame:

@@ -27,7 +27,7 @@ import pandas as pd
 
 from facedata import datasets
 from facedata.config import at_least, unit_interval
-from facedata.errors import DataError, MissingInputError
+from facedata.errors import DataError, MissingInputError, ParamsError
 
 
 @dataclass(frozen=True)
@@ -75,9 +75,16 @@ def read_identity_list(path: Path) -> list[str]:
 
 
 def derived_identity_list(identities: dict[str, str], min_images: int) -> list[str]:
-    """Identities with at least `min_images` photos, sorted as strings (the order of CIAGAN's list)."""
+    """Identities with at least `min_images` photos, sorted as strings (the order of CIAGAN's list).
+
+    None eligible is a ParamsError: the protocol would have no photo at all.
+    """
     counts = Counter(identities.values())
-    return sorted(identity for identity, count in counts.items() if count >= min_images)
+    listed = sorted(identity for identity, count in counts.items() if count >= min_images)
+    if not listed:
+        raise ParamsError(f"data.celeba.min_images_per_identity = {min_images}: no CelebA identity has that many "
+                          f"photos (the most any has is {max(counts.values(), default=0)}); lower it")
+    return listed
 
 
 def identity_list(settings: datasets.CelebaData, identities: dict[str, str], list_file: str | None) -> list[str]:

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from facedata.atomic import atomic_path
 from facedata.errors import DataError, ParamsError, SuiteError
+from facedata.pool import WorkerDiedError
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -246,7 +247,7 @@ class EpochTrainer(ABC):
                         disable=None if main else True)
         try:
             while self.epoch < self.epochs:
-                means = self.train_epoch(progress)
+                means = self._train_epoch_reporting_dead_workers(progress)
                 self.epoch += 1
                 if live is not None:
                     self._log(live, means)
@@ -256,6 +257,22 @@ class EpochTrainer(ABC):
             progress.close()
             if live is not None:
                 live.end()
+
+    def _train_epoch_reporting_dead_workers(self, progress: tqdm) -> dict[str, float]:
+        """`train_epoch`; a data loader worker that dies (e.g. the out-of-memory killer) is one WorkerDiedError.
+
+        torch notices the death at once and raises a RuntimeError naming the worker; the stage turns
+        this error into one line instead of a traceback.
+        """
+        try:
+            return self.train_epoch(progress)
+        except RuntimeError as error:
+            if "DataLoader worker" not in str(error):
+                raise
+            raise WorkerDiedError(
+                f"a data loader worker process ended abruptly (killed, e.g. by the out-of-memory killer) in epoch "
+                f"{self.epoch + 1} ({error}); {self.checkpoint} holds the last checkpoint: re-run to resume "
+                "(fewer data loader workers need less memory)") from None
 
     def check_finite(self, losses: dict[str, float], step: int) -> None:
         """Stop with the loss, epoch and step named when a loss is NaN or infinite, saying how to go on."""

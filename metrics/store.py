@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from facedata.atomic import atomic_path
+from facedata.pool import imap_unordered
 
 
 def content_digest(path: Path, extra: bytes = b"") -> str:
@@ -53,11 +53,18 @@ def worker_count(workers: int) -> int:
 def map_parallel(function: Callable, items: Sequence, workers: int) -> list:
     """`[function(item) for item in items]`, spread over processes when workers > 1.
 
-    `function` must be a module-level function; it keeps its own models per process.
+    `function` must be a module-level function; it keeps its own models per process. A worker
+    that dies (e.g. killed by the out-of-memory killer) raises WorkerDiedError naming its item.
     """
     workers = min(worker_count(workers), len(items))
-    if workers <= 1:
+    if workers <= 1:  # dlib's HOG detector and face descriptor stay fork-safe after running here (measured)
         return [function(item) for item in items]
-    chunk = max(1, len(items) // (workers * 8))
-    with ProcessPoolExecutor(workers) as pool:
-        return list(pool.map(function, items, chunksize=chunk))
+    results = [None] * len(items)
+    for position, result in imap_unordered(function, items, workers, describe=_label):
+        results[position] = result
+    return results
+
+
+def _label(item) -> str:
+    """What an error names for an item: the image path (items are paths or (path, extra) tuples)."""
+    return str(item[0] if isinstance(item, tuple) else item)

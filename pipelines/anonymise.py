@@ -51,8 +51,7 @@ def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> di
     except NotAvailableError as error:
         anonymiser, summary[NOT_AVAILABLE] = None, str(error)
     out = layout.outputs(dataset, method)
-    staging = out.parent / f".{method}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = _clear_staging(layout, dataset, method)
     staging.mkdir(parents=True)
     if anonymiser is None:
         status = np.full(len(manifest), "not available")
@@ -85,7 +84,20 @@ def anonymise_pairs(anonymiser: Anonymiser, manifest: pd.DataFrame, faces: Prepa
     return np.where(runnable, "ok", "skipped: " + manifest["source_status"].astype(str))
 
 
+def _clear_staging(layout: Layout, dataset: str, method: str) -> Path:
+    """Remove (a killed run's) staging folder of a method's outputs; returns its path.
+
+    It sits beside the output folder, on the same file system, so the finished folder replaces the
+    old one in one rename. .dvcignore hides `.*.partial` from DVC: never an input of evaluate or report.
+    """
+    staging = layout.outputs(dataset, method).parent / f".{method}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    return staging
+
+
 def run(params: Params, layout: Layout, method: str) -> dict[str, dict]:
+    for dataset in DATASETS:
+        _clear_staging(layout, dataset, method)
     return {dataset: run_dataset(params, layout, method, dataset) for dataset in DATASETS}
 
 

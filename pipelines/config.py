@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 import yaml
 
 import metrics
-from anonygan.model import ModelConfig
+from anonygan.model import ModelConfig, crop_size_problem
 from anonygan.training import TrainConfig
 from baselines import anonymiser_class, available
 from baselines.ciagan import CiaganConfig, TrainingConfig
@@ -169,6 +169,9 @@ def load(path: Path) -> Params:
 def from_mapping(raw: Any) -> Params:
     """Params from a plain mapping (params.yaml's content), every value checked."""
     params = config.load(Params, raw, "")
+    problem = crop_size_problem(*params.prepare.crop_size)
+    if problem:
+        raise ParamsError(f"prepare.{problem}")
     for name, overrides in params.variants.items():
         _variant(params.model, params.train, name, overrides)
     configurable = {name: anonymiser_class(name).Settings for name in available()

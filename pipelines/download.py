@@ -11,15 +11,19 @@ data/raw/celeba/ and verified, unless data.celeba.identity_list_file names a loc
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 from facedata import datasets, protocol
 from facedata.atomic import write_bytes, write_json
 from facedata.errors import MissingInputError
-from facedata.fetch import DownloadConfig, DownloadError, Remote, extract, fetch, file_digest, matches
+from facedata.fetch import DownloadConfig, DownloadError, Remote, extract, fetch, file_digest, matches, staging_folder
 from pipelines import stage
 from pipelines.config import Params
 from pipelines.layout import Layout
+
+#: The folder of data/raw/<dataset>/ that holds the downloaded files.
+DOWNLOADS = "archives"
 
 
 class LayoutError(MissingInputError):
@@ -98,15 +102,23 @@ def identity_list(settings: datasets.CelebaData, out: Path, layout: Layout, down
     }
 
 
-def download(dataset: str, variant: str, out: Path, settings: DownloadConfig) -> Path:
-    """Fetch the official files into `out` and extract the archives; returns the dataset root (= out)."""
-    for remote in datasets.remotes(dataset, variant):
-        path = _fetch(remote, out / "archives", settings, f"data.{dataset}.root")
+def download(dataset: str, variant: str, layout: Layout, settings: DownloadConfig) -> Path:
+    """Fetch the official files into data/raw/<dataset> and extract the archives; returns that folder.
+
+    Archives may not hold top-level entries named like what the stage keeps beside them (the
+    downloads folder, the protocol files, source.json).
+    """
+    out = layout.raw(dataset)
+    remotes = datasets.remotes(dataset, variant)
+    protected = {DOWNLOADS, layout.source(dataset).name, datasets.CIAGAN_IDENTITY_LIST.filename,
+                 *(remote.filename for remote in remotes)}
+    for remote in remotes:
+        path = _fetch(remote, out / DOWNLOADS, settings, f"data.{dataset}.root")
         if remote.filename.endswith((".zip", ".tgz", ".tar")):
             marker = out / f".{remote.filename}.extracted"
             if not marker.exists() or marker.read_text() != remote.checksum:
                 print(f"extracting {remote.filename}")
-                extract(path, out)
+                extract(path, out, protected)
                 marker.write_text(remote.checksum)
         else:
             write_bytes(out / remote.filename, path.read_bytes())
@@ -116,12 +128,13 @@ def download(dataset: str, variant: str, out: Path, settings: DownloadConfig) ->
 def run(params: Params, layout: Layout, dataset: str) -> dict:
     settings = getattr(params.data, dataset)
     out = layout.raw(dataset)
+    shutil.rmtree(staging_folder(out), ignore_errors=True)  # left by a killed extraction
     out.mkdir(parents=True, exist_ok=True)
     if settings.root:
         root = layout.path(settings.root)
         print(f"{dataset}: verifying the local copy at {root} (nothing is downloaded or copied)")
     else:
-        root = download(dataset, settings.variant, out, params.download)
+        root = download(dataset, settings.variant, layout, params.download)
     report = verify_local(dataset, root, settings.variant)
     report["local_copy"] = bool(settings.root)
     if dataset == "celeba":

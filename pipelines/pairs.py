@@ -12,10 +12,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pandas as pd
-
 from facedata import datasets, protocol
 from facedata.atomic import write_json, write_table
+from facedata.prepared import read_index
 from pipelines import stage
 from pipelines.config import Params
 from pipelines.layout import Layout, require
@@ -23,7 +22,7 @@ from pipelines.layout import Layout, require
 
 def run(params: Params, layout: Layout) -> dict:
     settings = params.pairs
-    celeba_index = pd.read_parquet(require(layout.prepared("celeba") / "index.parquet", "prepare@celeba"))
+    celeba_index = read_index(layout.prepared("celeba") / "index.parquet")
     celeba_source = json.loads(require(layout.source("celeba"), "download@celeba").read_text())
     listed = protocol.identity_list(params.data.celeba, datasets.read_identities(Path(celeba_source["identity_file"])),
                                     celeba_source.get("identity_list_file"))
@@ -38,7 +37,7 @@ def run(params: Params, layout: Layout) -> dict:
     source = json.loads(require(layout.source("lfw"), "download@lfw").read_text())
     lfw, lfw_summary = protocol.lfw_pairs(
         datasets.parse_pairs(Path(source["pairs_file"])),
-        pd.read_parquet(require(layout.prepared("lfw") / "index.parquet", "prepare@lfw")),
+        read_index(layout.prepared("lfw") / "index.parquet"),
         settings.lfw,
         settings.seed,
     )

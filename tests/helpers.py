@@ -5,8 +5,10 @@ Tests import from here (never from another test module); fixtures live in confte
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +23,7 @@ from PIL import Image
 from anonygan.model import ModelConfig
 from anonygan.training import TrainConfig
 from baselines import FaceBatch
+from facedata.crops import PREPARE_VERSION
 from facedata.fetch import file_digest
 from facedata.prepared import PreparedDataset, crop_relpath, mask_relpath
 from metrics import weights
@@ -32,8 +35,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ANONYGAN_SHARED_DATA", REPO.parent / "shared" / "data"))
 #: The exact layouts of the authors' released weight files (key lists, shapes, dtypes; see its README).
 RELEASED_LAYOUTS = SHARED_DATA.parent / "reference" / "released-checkpoints"
-#: Prepared minis are cached here between test runs; rows are keyed by photo bytes and settings.
-PREPARED_CACHE = REPO / ".cache" / "test-prepared"
+#: Prepared minis are cached here between test runs; rows are keyed by photo bytes and settings. One folder per
+#: processing version, so checkouts with another version (the cache is shared) never rewrite each other's.
+PREPARED_CACHE = REPO / ".cache" / f"test-prepared-v{PREPARE_VERSION}"
 #: Metric features of real crops, cached by content between runs.
 METRICS_CACHE = REPO / ".cache" / "metrics"
 #: The tiny test crop of AnonyGAN's tests: divisible by 4, large enough for the PatchGANs' 6 layers.
@@ -186,6 +190,22 @@ def interrupted_at(trainer_class: type, epoch: int):
     return interrupted
 
 
+@contextlib.contextmanager
+def deadline(seconds: int):
+    """Fail (TimeoutError in the main thread) instead of hanging when the block takes longer than `seconds`."""
+
+    def expire(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 # --- pretrained weights -----------------------------------------------------------------------
 
 def register_file(monkeypatch, name: str, path: Path, url: str) -> None:
@@ -224,7 +244,9 @@ class FileServer:
 
     `files` maps URL paths to bytes or (content type, bytes). `cut_after[path] = n` closes
     the connection after n bytes on the next request for that path; `fail_next[path] = k`
-    answers the next k requests with 503. Every request's path and Range header is logged.
+    answers the next k requests with 503; paths in `without_length` are sent without a
+    Content-Length (the body ends where the connection closes). Every request's path and Range
+    header is logged.
     """
 
     def __init__(self):
@@ -234,6 +256,7 @@ class FileServer:
         self.files: dict[str, bytes | tuple[str, bytes]] = {}
         self.cut_after: dict[str, int] = {}
         self.fail_next: dict[str, int] = {}
+        self.without_length: set[str] = set()
         self.requests: list[tuple[str, str | None]] = []
         server = self
 
@@ -264,7 +287,8 @@ class FileServer:
                 else:
                     self.send_response(200)
                 self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body) - start))
+                if path not in server.without_length:
+                    self.send_header("Content-Length", str(len(body) - start))
                 self.end_headers()
                 payload = body[start:]
                 cut = server.cut_after.pop(path, None)

@@ -3,6 +3,8 @@ training on real faces (hybrid batches, overfitting, exact resume), checkpoints,
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -18,23 +20,27 @@ from anonygan import losses
 from anonygan.data import NetworkInputs, PairData, hybrid_batches, landmark_maps, resized_landmark_maps
 from anonygan.inference import AnonyGANInference, InferenceConfig
 from anonygan.model import (
+    SIDE_MULTIPLE,
+    SMALLEST_SIDE,
     AttentionDecoder,
     BipartiteGraphUnit,
     LandmarkAttention,
     ModelConfig,
     build,
     composite,
+    crop_size_problem,
     load_checkpoint,
 )
 from anonygan.training import Trainer
 from facedata.errors import DataError
 from facedata.landmarks import CIAGAN_29
+from facedata.pool import WorkerDiedError
 from facedata.prepared import PreparedDataset
 from facedata.runtime import NonFiniteLossError
 from pipelines import config
 from pipelines import train as train_stage
 from pipelines.layout import Layout
-from tests.helpers import SMALL, interrupted_at, pair_manifest, params, params_mapping, tiny_configs
+from tests.helpers import SMALL, deadline, interrupted_at, pair_manifest, params, params_mapping, tiny_configs
 
 VARIANTS = tuple(params().variants)
 
@@ -92,6 +98,26 @@ def test_full_size_generator_maps_220x180_inputs_to_a_220x180_image():
     # PatchGAN: 5 feature maps, then 11x9 patch logits at 220x180 (the authors' label size).
     assert [f.shape[1] for f in features] == [64, 128, 256, 512, 512, 1]
     assert features[-1].shape == (1, 1, 11, 9)
+
+
+def runs_at(size: tuple[int, int]) -> bool:
+    """Whether tiny networks map (height, width) inputs to an image of that size and at least one patch logit."""
+    model, _ = tiny_configs()
+    generator, d_app, _ = build(model)
+    condition, source, mask, condition_maps, source_maps = random_inputs(model, 1, size)
+    try:
+        image = generator(condition, source * (1 - mask), condition_maps, source_maps)
+        return image.shape[2:] == size and d_app(image, condition)[-1].numel() > 0
+    except RuntimeError:  # a size mismatch between encoder and decoder, or a kernel larger than its input
+        return False
+
+
+def test_the_crop_size_rule_is_what_the_networks_need():
+    assert crop_size_problem(220, 180) is None and crop_size_problem(SMALLEST_SIDE, SMALLEST_SIDE) is None
+    for size in [(SMALLEST_SIDE, SMALLEST_SIDE), (52, 64), (SMALLEST_SIDE, 100)]:
+        assert runs_at(size), size
+    for size in [(SMALLEST_SIDE - SIDE_MULTIPLE, SMALLEST_SIDE), (SMALLEST_SIDE, 181), (54, 64)]:
+        assert crop_size_problem(*size) is not None and not runs_at(size), size
 
 
 @pytest.mark.parametrize("method", VARIANTS)
@@ -488,6 +514,22 @@ def test_checkpoint_round_trip_through_the_inference_api(trained, small_pairs):
     not_a_checkpoint.write_bytes(b"not a checkpoint")
     with pytest.raises(DataError, match="notes.pt is not a readable anonygan checkpoint"):
         AnonyGANInference.from_checkpoint(not_a_checkpoint)
+
+
+@pytest.mark.realdata
+def test_a_killed_data_loader_worker_stops_training_at_once_with_a_clear_error(small_pairs, tmp_path, monkeypatch):
+    model, config = tiny_configs(**{"train.workers": 1})
+    trainer = Trainer(model, config, small_pairs, tmp_path / "checkpoint.pt")
+    trainer_process, load = os.getpid(), PairData.__getitem__
+
+    def killed_in_a_worker(self, index):
+        if os.getpid() != trainer_process:
+            os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer does
+        return load(self, index)
+
+    monkeypatch.setattr(PairData, "__getitem__", killed_in_a_worker)
+    with deadline(120), pytest.raises(WorkerDiedError, match=r"data loader worker process ended abruptly .* epoch 1"):
+        trainer.fit()
 
 
 @pytest.mark.realdata

@@ -101,6 +101,9 @@ BAD_VALUES = [
     ("download.timeout_s", "fast", "download", "lfw", "download.timeout_s must be a number; got 'fast'"),
     ("download.retries", -1, "download", "lfw", "download.retries must be >= 0; got -1"),
     ("prepare.crop_width", "wide", "prepare", "lfw", "prepare.crop_width must be an integer; got 'wide'"),
+    ("prepare.crop_width", 181, "prepare", "lfw", r"prepare.crop_width = 181: AnonyGAN needs crop sides that are "
+                                                  r"multiples of 4 .* at least 48 px .* e.g. 180"),
+    ("prepare.crop_height", 44, "train", "anonygan-68", r"prepare.crop_height = 44: AnonyGAN needs .* e.g. 48"),
     ("prepare.eye_scale", 0.1, "prepare", "lfw", r"prepare.eye_scale must be in \[1.0, 20.0\]; got 0.1"),
     ("prepare.fallback_detector", "yolo", "prepare", "lfw", "prepare.fallback_detector must be one of cnn or null"),
     ("prepare.workers", -1, "prepare", "lfw", "prepare.workers must be >= 0; got -1"),

@@ -10,6 +10,8 @@ from facedata.datasets import (
     parse_pairs,
     read_identities,
 )
+from facedata.errors import ParamsError
+from facedata.protocol import derived_identity_list
 
 
 def write(tmp_path, text: str):
@@ -76,3 +78,56 @@ def test_real_pairs_file_has_6000_pairs_in_10_folds_of_300_and_300(lfw_root):
     for fold in range(10):
         in_fold = [p for p in pairs if p.fold == fold]
         assert sum(p.same for p in in_fold) == 300 and sum(not p.same for p in in_fold) == 300
+
+
+# --- keys are data, not paths; lines are checked; another encoding names the file ------------------
+
+
+@pytest.mark.parametrize("name", ["../../x/face.jpg", "/abs/face.jpg", "a/./b.jpg", "a//b.jpg", "..", "dir\\x.jpg"])
+def test_an_identity_file_key_that_is_a_path_is_rejected_with_file_and_line(tmp_path, name):
+    path = tmp_path / "identity_CelebA.txt"
+    path.write_text(f"000001.jpg 1\n{name} 2\n")
+    with pytest.raises(ProtocolFileError, match=r"identity_CelebA.txt:2: file name .*: the key must"):
+        read_identities(path)
+
+
+@pytest.mark.parametrize("line", ["..\t1\t2", "..\t1\tBob\t3", "Ann\t1\t.\t3"])
+def test_a_pairs_name_that_is_a_path_component_is_rejected(tmp_path, line):
+    text = "1\t1\nAnn\t1\t2\nAnn\t1\tBob\t3\n"
+    lines = text.splitlines()
+    lines[1 if line.count("\t") == 2 else 2] = line
+    with pytest.raises(ProtocolFileError, match=r"pairs.txt:[23]: name '\.\.?' in .*: the key must not have"):
+        parse_pairs(write(tmp_path, "\n".join(lines) + "\n"))
+
+
+def test_a_different_person_line_naming_one_person_twice_is_rejected(tmp_path):
+    with pytest.raises(ProtocolFileError, match=r":3: a different-person pair names one person twice"):
+        parse_pairs(write(tmp_path, "1\t1\nAnn\t1\t2\nBob\t1\tBob\t3\n"))
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("1\t2\nAnn\t1\t2\nAnn\t1\t2\nAnn\t1\tBob\t3\nCid\t1\tDee\t2\n", r":3: repeats the pair of line 2"),
+    ("1\t2\nAnn\t1\t2\nAnn\t2\t1\nAnn\t1\tBob\t3\nCid\t1\tDee\t2\n", r":3: repeats the pair of line 2"),
+    ("1\t2\nAnn\t1\t2\nCid\t1\t2\nAnn\t1\tBob\t3\nBob\t3\tAnn\t1\n", r":5: repeats the pair of line 4"),
+])
+def test_a_pair_listed_twice_in_either_order_is_rejected_naming_both_lines(tmp_path, text, message):
+    with pytest.raises(ProtocolFileError, match=message):
+        parse_pairs(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("name", ["pairs.txt", "identity_CelebA.txt"])
+def test_a_protocol_file_in_another_encoding_names_the_file_and_line(tmp_path, name):
+    text = "1\t1\nAnn\t1\t2\nJos\u00e9\t1\tBob\t3\n" if name == "pairs.txt" else "000001.jpg 1\nJos\u00e9.jpg 2\n"
+    path = tmp_path / name
+    path.write_bytes(text.encode("latin-1"))
+    reader = parse_pairs if name == "pairs.txt" else read_identities
+    with pytest.raises(ProtocolFileError, match=rf"{name}:[23]: not UTF-8 text \(byte 0xe9\); save the file as UTF-8"):
+        reader(path)
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))  # UTF-8 with a byte-order mark is fine
+    assert reader(path)
+
+
+def test_no_eligible_identity_is_a_params_error_naming_the_key():
+    with pytest.raises(ParamsError, match=r"data.celeba.min_images_per_identity = 4: no CelebA identity has that "
+                                          r"many photos \(the most any has is 3\)"):
+        derived_identity_list({f"{i}.jpg": "10" for i in range(3)} | {"b.jpg": "1"}, 4)

@@ -264,3 +264,66 @@ def test_json_outputs_are_standard_json(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text(), parse_constant=lambda name: pytest.fail(name)) == {
         "pose_error": {"value": None, "per_fold": [1.0, None]}
     }
+
+
+# --- dropped transfers without a length, the download folder, staging folders -------------------------------
+
+
+def test_a_dropped_transfer_without_content_length_is_resumed_and_verified(file_server, tmp_path):
+    file_server.files["/a.bin"] = PAYLOAD
+    file_server.without_length.add("/a.bin")
+    file_server.cut_after["/a.bin"] = 1_500_000  # looks like a complete file: no length to compare with
+    path = fetch(Remote("a.bin", file_server.url("/a.bin"), sha256(PAYLOAD)), tmp_path, retries=2, backoff=0)
+    assert path.read_bytes() == PAYLOAD
+    assert [r for _, r in file_server.requests] == [None, "bytes=1500000-"]
+
+
+def test_a_changed_source_without_content_length_is_still_a_checksum_error(file_server, tmp_path):
+    file_server.files["/a.bin"] = PAYLOAD
+    file_server.without_length.add("/a.bin")
+    with pytest.raises(ChecksumError, match="the source may have changed"):
+        fetch(Remote("a.bin", file_server.url("/a.bin"), sha256(b"other")), tmp_path, retries=3, backoff=0)
+    assert list(tmp_path.iterdir()) == []
+    assert len(file_server.requests) == 2  # the whole file, then a range past its end (416: it was complete)
+
+
+def lfw_remotes(file_server, monkeypatch, archive: bytes) -> None:
+    """The download stage's LFW sources swapped for the local server: a one-pair pairs.txt and `archive`."""
+    from facedata import datasets
+
+    pairs_txt = b"1\t1\nAnn\t1\t2\nAnn\t1\tBob\t1\n"
+    file_server.files["/pairs.txt"] = pairs_txt
+    file_server.files["/lfw-deepfunneled.tgz"] = archive
+    monkeypatch.setattr(datasets, "LFW_PAIRS", Remote("pairs.txt", file_server.url("/pairs.txt"), sha256(pairs_txt)))
+    monkeypatch.setitem(datasets.LFW_ARCHIVES, "deepfunneled",
+                        Remote("lfw-deepfunneled.tgz", file_server.url("/lfw-deepfunneled.tgz"), sha256(archive)))
+
+
+@pytest.mark.parametrize("member", ["archives/lfw-deepfunneled.tgz", "archives", "pairs.txt", "source.json"])
+def test_an_archive_never_replaces_what_the_download_stage_keeps(file_server, tmp_path, monkeypatch, member):
+    from pipelines import download
+
+    archive = tar_with([tarfile.TarInfo("lfw-deepfunneled/Ann/Ann_0001.jpg"), tarfile.TarInfo(member)])
+    lfw_remotes(file_server, monkeypatch, archive)
+    layout = Layout(tmp_path)
+    with pytest.raises(UnsafeArchiveError, match="which the download stage keeps there"):
+        download.run(from_mapping({"data": {"lfw": {"root": None}}, "download": {"retries": 0}}), layout, "lfw")
+    raw = layout.raw("lfw")
+    assert (raw / "archives/lfw-deepfunneled.tgz").read_bytes() == archive  # the download is intact
+    assert (raw / "pairs.txt").read_bytes().startswith(b"1\t1") and not (raw / "lfw-deepfunneled").exists()
+
+
+def test_the_download_stage_removes_a_killed_extraction_first(tmp_path):
+    from pipelines import download
+
+    root = tmp_path / "lfw-copy"
+    (root / "lfw-deepfunneled/Ann").mkdir(parents=True)
+    (root / "lfw-deepfunneled/Ann/Ann_0001.jpg").write_bytes(b"x")
+    (root / "lfw-deepfunneled/Ann/Ann_0002.jpg").write_bytes(b"x")
+    (root / "pairs.txt").write_text("1\t1\nAnn\t1\t2\nAnn\t1\tBob\t1\n")
+    layout = Layout(tmp_path)
+    left = tmp_path / "data/raw/.lfw.extracting/lfw-deepfunneled"  # what a SIGKILL during extraction leaves
+    left.mkdir(parents=True)
+    (left / "half.jpg").write_bytes(b"x")
+    download.run(from_mapping({"data": {"lfw": {"root": str(root)}}}), layout, "lfw")
+    assert sorted(p.name for p in (tmp_path / "data/raw").iterdir()) == ["lfw"]

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from facedata import prepare_engine
 from facedata.crops import PrepareConfig, prepare_face
 from facedata.errors import DataError
 from facedata.landmarks import LandmarkDetector
@@ -75,6 +76,8 @@ def odd_photos(face: Image.Image) -> dict[str, bytes]:
         "truncated.jpg": good[: len(good) // 2],
         "corrupt.jpg": b"\xff\xd8\xff\xe0 this is not really a jpeg" + bytes(range(256)) * 4,
         "text.jpg": b"hello, I am a text file",
+        "one_pixel.jpg": save(Image.new("RGB", (1, 1), (90, 90, 90)), format="PNG"),
+        "sliver.jpg": save(Image.new("RGB", (60_000, 2), (90, 90, 90)), format="PNG"),
     }
 
 
@@ -117,6 +120,8 @@ def prepared(face, tmp_path_factory):
         ("corrupt.jpg", "unreadable"),
         ("text.jpg", "unreadable"),
         ("missing.jpg", "missing"),
+        ("one_pixel.jpg", "too_small"),
+        ("sliver.jpg", "too_small"),
     ],
 )
 def test_each_photo_gets_its_status(prepared, name, status):
@@ -128,8 +133,8 @@ def test_each_photo_gets_its_status(prepared, name, status):
 
 def test_summary_counts_every_photo(prepared):
     index, summary, *_ = prepared
-    assert summary["photos"] == len(index) == 14
-    assert summary["status"] == {"ok": 8, "no_face": 1, "unreadable": 4, "missing": 1}
+    assert summary["photos"] == len(index) == 16
+    assert summary["status"] == {"ok": 8, "no_face": 1, "unreadable": 4, "missing": 1, "too_small": 2}
 
 
 def test_conversions_keep_the_landmarks(prepared, reference):
@@ -137,7 +142,7 @@ def test_conversions_keep_the_landmarks(prepared, reference):
     for name in ("good.jpg", "cmyk.jpg", "grey.jpg", "alpha.jpg", "sixteen_bit.jpg"):
         landmarks = np.asarray(index.at[name, "landmarks"]).reshape(68, 2)
         assert np.abs(landmarks - reference.landmarks).mean() < 1.5, name
-        assert (layout.prepared("celeba") / "crops" / name.replace(".jpg", ".png")).is_file()
+        assert (layout.prepared("celeba") / "crops" / f"{name}.png").is_file()
 
 
 def test_huge_photo_is_detected_small_and_mapped_back(prepared, reference):
@@ -194,8 +199,8 @@ def test_a_bug_on_every_photo_stops_the_stage_and_is_never_cached(prepared, monk
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug, not a bad photo")
 
-    monkeypatch.setattr(prepare, "prepare_face", broken)
-    with pytest.raises(DataError, match=r"failed with an unexpected error, e.g. .*ZeroDivisionError"):
+    monkeypatch.setattr(prepare_engine, "prepare_face", broken)
+    with pytest.raises(DataError, match=r"failed with an unexpected error \(.*\), e.g. .*ZeroDivisionError"):
         prepare.run(changed, layout, "celeba")
     monkeypatch.undo()
     summary = prepare.run(changed, layout, "celeba")
