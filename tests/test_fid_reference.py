@@ -21,7 +21,7 @@ import metrics
 from baselines.classic import blur_inside, opencv_sigma
 from facedata.compat import ensure_torchvision
 from metrics import inception, weights
-from metrics.fid import clean_resize, nvidia_scaling
+from metrics.fid import clean_resize, frechet_distance, nvidia_scaling, statistics
 from tests.helpers import SHARED_DATA, read_legacy_prefix
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
@@ -83,8 +83,10 @@ def test_mapped_network_gives_the_torchscript_modules_features_on_real_crops(whe
     torchscript = torch.jit.load(str(wheel.path), map_location="cpu").eval()
     with torch.inference_mode():
         ours, theirs = mapped(batch)[0].flatten(1), torchscript(batch)
-    assert theirs.shape == (16, 2048) and theirs.abs().max() > 1.0
-    assert (ours - theirs).abs().max() <= 1e-5
+    difference = (ours - theirs).abs().max()
+    print(f"pool3 features, mapped vs TorchScript: max |difference| {difference:.2e}, max |feature| "
+          f"{theirs.abs().max():.2f}")
+    assert theirs.shape == (16, 2048) and theirs.abs().max() > 1.0 and difference <= 1e-5
 
 
 def test_clean_mode_equals_clean_fid(offline, wheel, sets, tmp_path):
@@ -109,7 +111,14 @@ def test_clean_mode_equals_clean_fid(offline, wheel, sets, tmp_path):
     resized = torch.from_numpy(np.stack([clean_resize(np.asarray(Image.open(f).convert("RGB"))) for f in files]))
     assert torch.equal(torch.cat(received), resized.permute(0, 3, 1, 2))
     print(f"FID clean: suite {ours!r}, clean-fid {reference!r}, relative {relative_difference(ours, reference):.2e}")
-    assert ours > 10 and relative_difference(ours, reference) <= 1e-4
+    assert ours > 10
+    # The scaling matters: pytorch-fid's 2x - 1 on the same resized images is measurably another FID.
+    with torch.inference_mode():
+        features = torch.cat([network(2 * (batch / 255) - 1)[0].flatten(1) for batch in received]).double().numpy()
+    other = frechet_distance(*statistics(features[:PAIRS]), *statistics(features[PAIRS:]))
+    print(f"FID clean with pytorch-fid's scaling: {other!r}, relative {relative_difference(other, reference):.2e}")
+    # 1e-5 (the issue asks for 1e-4) separates the right scaling (~6e-7) from the wrong one (~4e-5).
+    assert relative_difference(ours, reference) <= 1e-5 < relative_difference(other, reference)
 
 
 def test_legacy_pytorch_mode_equals_pytorch_fid(offline, wheel, sets, tmp_path):
@@ -124,4 +133,4 @@ def test_legacy_pytorch_mode_equals_pytorch_fid(offline, wheel, sets, tmp_path):
     ours = suite_fid(sets, tmp_path, "legacy_pytorch")
     print(f"FID legacy_pytorch: suite {ours!r}, pytorch-fid {reference!r}, "
           f"relative {relative_difference(ours, reference):.2e}")
-    assert ours > 10 and relative_difference(ours, reference) <= 1e-4
+    assert ours > 10 and relative_difference(ours, reference) <= 1e-5
