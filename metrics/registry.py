@@ -40,10 +40,15 @@ LFW_COLUMNS = ("fold", "same", "first")
 
 @dataclass(frozen=True)
 class PairSet:
-    """A pair manifest with the prepared dataset its keys refer to."""
+    """A pair manifest with the prepared dataset its keys refer to.
+
+    `photos` is the folder of the original photos (`<photos>/<key>`), for metrics that read them
+    as the authors did (LFW re-identification); None where they are not at hand.
+    """
 
     manifest: pd.DataFrame
     prepared: PreparedDataset
+    photos: Path | None = None
 
     def __post_init__(self):
         missing = {"pair_id", "source"} - set(self.manifest.columns)
@@ -59,6 +64,11 @@ class PairSet:
 
     def crop_path(self, key: str) -> Path:
         return self.prepared.root / crop_relpath(key)
+
+    def photo_path(self, key: str) -> Path:
+        if self.photos is None:
+            raise DataError("this metric reads the original photos: build the PairSet with photos=<image folder>")
+        return Path(self.photos) / key
 
     def prepared_keys(self, *columns: str) -> list[str]:
         """Unique keys in `columns` whose photo was prepared, sorted: a set fixed per dataset."""
@@ -125,6 +135,12 @@ class MetricInputs:
         if size != expected:
             raise DataError(f"{path}: image is {size[0]}x{size[1]} (WxH), expected {expected[0]}x{expected[1]} "
                              "like the prepared crops")
+
+
+def lookup(keys: list[str], values: np.ndarray, wanted) -> np.ndarray:
+    """The rows of `values` (one per key of `keys`) for the keys in `wanted`, in its order."""
+    position = {key: i for i, key in enumerate(keys)}
+    return values[[position[key] for key in wanted]]
 
 
 _METRICS: dict[str, Callable[..., dict]] = {}

@@ -1,8 +1,14 @@
 """Re-identification: the paper's FaceNet classifier agreement and a face-verification protocol.
 
-Paper protocol (SPEC 5): a match is an anonymised image whose top-1 FaceNet class
-(classify=True) equals that of its reference real image; CelebA reports the share over
-the test images, LFW the share per fold over its 600 pairs, mean and std over folds.
+Paper protocol, as the authors' evaluation/evaluate.py computed it (SPEC 5): a match is an
+anonymised image whose top-1 FaceNet class (classify=True) equals that of its reference real
+image. CelebA (`compute_reid`): the share over the test images, the reference being the source
+photo itself. LFW (`compute_reid_lfw`): per fold, the share over all its pairs, same- and
+different-person alike, the reference being the pair's original *first* photo (`lfw_reference:
+first`; `source` compares with the anonymised photo's own original instead); mean and unbiased
+std over the folds (`torch.std_mean`). `preprocessing: authors` feeds whole images as the authors
+did (LFW's first photo is the original photo file, CelebA images are resized to 256x256 nearest);
+`aligned` cuts and standardises the face (metrics.facenet).
 
 Verification protocol (beyond the paper): embeddings compared by Euclidean distance, the
 threshold chosen by 10-fold cross-validation on the real LFW pairs. An anonymised image is
@@ -22,11 +28,14 @@ import pandas as pd
 
 from metrics import facenet
 from metrics.dlib_faces import descriptors
-from metrics.registry import MetricInputs, PairSet, register
+from metrics.registry import MetricInputs, PairSet, lookup, register
 
 EMBEDDERS = ("dlib", *facenet.MODELS)
-#: Which real photo an anonymised image is compared with: its own source, or (LFW) the pair's first photo.
-Reference = Literal["source", "first"]
+#: Which real LFW photo an anonymised image is compared with: the pair's first photo, or its own source.
+LfwReference = Literal["first", "source"]
+#: How images enter FaceNet: whole, as the authors fed them, or as aligned, standardised faces.
+Preprocessing = Literal["authors", "aligned"]
+AUTHORS_CELEBA_SIDE = 256  # compute_reid: F.interpolate(b, (256, 256)), nearest
 
 
 # --- embeddings -------------------------------------------------------------------------------
@@ -36,62 +45,76 @@ def _features(model: str, paths: list, landmarks: np.ndarray,
     """(embeddings, top-1 classes or None for dlib) of images aligned with the given landmarks."""
     if model == "dlib":
         return descriptors(paths, landmarks, inputs.cache, inputs.workers), None
-    return facenet.cached_outputs(model, paths, landmarks, inputs.cache, inputs.torch_device, inputs.batch_size)
+    return facenet.cached_outputs(model, paths, inputs.cache, inputs.torch_device, inputs.batch_size,
+                                  landmarks=landmarks)
+
+
+def _landmarks(pairs: PairSet, keys) -> np.ndarray:
+    landmarks = [pairs.prepared.landmarks(key) for key in keys]
+    return np.stack(landmarks) if landmarks else np.zeros((0, 68, 2))
 
 
 def _real(model: str, pairs: PairSet, keys: list[str], inputs: MetricInputs):
-    landmarks = np.stack([pairs.prepared.landmarks(key) for key in keys]) if keys else np.zeros((0, 68, 2))
-    return _features(model, [pairs.crop_path(key) for key in keys], landmarks, inputs)
+    return _features(model, [pairs.crop_path(key) for key in keys], _landmarks(pairs, keys), inputs)
 
 
 def _anonymised(model: str, rows: pd.DataFrame, inputs: MetricInputs):
-    prepared = inputs.pairs.prepared
-    landmarks = np.stack([prepared.landmarks(key) for key in rows["source"]]) if len(rows) else np.zeros((0, 68, 2))
-    return _features(model, [inputs.image_path(pair_id) for pair_id in rows["pair_id"]], landmarks, inputs)
-
-
-def _lookup(keys: list[str], values: np.ndarray, wanted) -> np.ndarray:
-    position = {key: i for i, key in enumerate(keys)}
-    return values[[position[key] for key in wanted]]
+    return _features(model, [inputs.image_path(pair_id) for pair_id in rows["pair_id"]],
+                     _landmarks(inputs.pairs, rows["source"]), inputs)
 
 
 def _fold_summary(values: pd.Series, folds: pd.Series) -> dict:
+    """Mean over folds and their unbiased std (ddof 1, as the authors' torch.std_mean)."""
     per_fold = values.groupby(folds).mean()
-    return {"value": float(per_fold.mean()), "std": float(per_fold.std(ddof=0)),
+    return {"value": float(per_fold.mean()), "std": float(per_fold.std(ddof=1)),
             "per_fold": {int(fold): float(rate) for fold, rate in per_fold.items()}}
 
 
 # --- paper protocol ---------------------------------------------------------------------------
 
-def _paper_reid(inputs: MetricInputs, model: str, reference: str) -> dict:
-    if reference not in ("source", "first"):
-        raise ValueError(f"reference must be 'source' or 'first', got {reference!r}")
-    if reference == "first" and not inputs.pairs.is_lfw:
-        raise ValueError("reference='first' needs an LFW manifest (columns fold, same, first)")
-    also_prepared = ("first",) if reference == "first" else ()
-    rows, skipped = inputs.evaluable(*also_prepared)
-    keys = inputs.pairs.prepared_keys(reference)
-    _, real_classes = _real(model, inputs.pairs, keys, inputs)
-    _, anonymised_classes = _anonymised(model, rows, inputs)
-    match = pd.Series(anonymised_classes == _lookup(keys, real_classes, rows[reference]), index=rows.index, dtype=float)
-    summary = _fold_summary(match, rows["fold"]) if inputs.pairs.is_lfw else {"value": float(match.mean())}
+def _paper_classes(model: str, inputs: MetricInputs, paths: list, landmarks: np.ndarray,
+                   preprocessing: str) -> np.ndarray:
+    """Top-1 classes of the images, fed whole as the authors did or as aligned faces."""
+    if preprocessing == "aligned":
+        return _features(model, paths, landmarks, inputs)[1]
+    side = None if inputs.pairs.is_lfw else AUTHORS_CELEBA_SIDE
+    return facenet.cached_outputs(model, paths, inputs.cache, inputs.torch_device, inputs.batch_size, side=side)[1]
+
+
+def _paper_reid(inputs: MetricInputs, model: str, lfw_reference: str, preprocessing: str) -> dict:
+    pairs = inputs.pairs
+    reference = lfw_reference if pairs.is_lfw else "source"
+    rows, skipped = inputs.evaluable(*(("first",) if reference == "first" else ()))
+    keys = pairs.prepared_keys(reference)
+    # The authors' LFW reference is the original photo file; elsewhere the reference is the prepared crop.
+    original_photo = preprocessing == "authors" and pairs.is_lfw
+    real_paths = [pairs.photo_path(key) if original_photo else pairs.crop_path(key) for key in keys]
+    real_classes = _paper_classes(model, inputs, real_paths, _landmarks(pairs, keys), preprocessing)
+    anonymised_paths = [inputs.image_path(pair_id) for pair_id in rows["pair_id"]]
+    anonymised_classes = _paper_classes(model, inputs, anonymised_paths, _landmarks(pairs, rows["source"]),
+                                        preprocessing)
+    match = pd.Series(anonymised_classes == lookup(keys, real_classes, rows[reference]), index=rows.index, dtype=float)
+    summary = _fold_summary(match, rows["fold"]) if pairs.is_lfw else {"value": float(match.mean())}
     return {**summary, "n": len(rows), "n_matches": int(match.sum()), "skipped": skipped}
 
 
 @register
-def reid_facenet_casia(inputs: MetricInputs, *, reference: Reference = "source") -> dict:
+def reid_facenet_casia(inputs: MetricInputs, *, lfw_reference: LfwReference = "first",
+                       preprocessing: Preprocessing = "authors") -> dict:
     """Share of anonymised images with the same FaceNet (CASIA-WebFace) top-1 class as their reference.
 
-    reference: 'source' (the photo before anonymisation, the paper's "source faces") or, on
-    LFW, 'first' (the kept first photo of the pair).
+    lfw_reference (LFW only; CelebA always uses the source photo): 'first', the pair's original
+    first photo (the authors' code), or 'source', the anonymised photo's own original.
+    preprocessing: 'authors' (whole images, see the module doc) or 'aligned'.
     """
-    return _paper_reid(inputs, "casia", reference)
+    return _paper_reid(inputs, "casia", lfw_reference, preprocessing)
 
 
 @register
-def reid_facenet_vggface2(inputs: MetricInputs, *, reference: Reference = "source") -> dict:
+def reid_facenet_vggface2(inputs: MetricInputs, *, lfw_reference: LfwReference = "first",
+                          preprocessing: Preprocessing = "authors") -> dict:
     """As reid_facenet_casia, with FaceNet trained on VGGFace2."""
-    return _paper_reid(inputs, "vggface2", reference)
+    return _paper_reid(inputs, "vggface2", lfw_reference, preprocessing)
 
 
 # --- verification protocol --------------------------------------------------------------------
@@ -134,7 +157,7 @@ def _calibrate(inputs: MetricInputs, model: str) -> dict:
     rows = pairs.manifest[pairs.manifest["first"].isin(ok) & pairs.manifest["source"].isin(ok)]
     keys = pairs.prepared_keys("first", "source")
     embeddings, _ = _real(model, pairs, keys, inputs)
-    distances = _distance(_lookup(keys, embeddings, rows["first"]), _lookup(keys, embeddings, rows["source"]))
+    distances = _distance(lookup(keys, embeddings, rows["first"]), lookup(keys, embeddings, rows["source"]))
     same, folds = rows["same"].to_numpy(bool), rows["fold"].to_numpy()
     thresholds, accuracies = cross_validate(distances, same, folds)
     return {"rows": rows, "distances": distances, "thresholds": thresholds,
@@ -153,10 +176,10 @@ def _verify_lfw(inputs: MetricInputs, model: str, calibration: dict) -> dict:
     keys = inputs.pairs.prepared_keys("first", "source")
     real, _ = _real(model, inputs.pairs, keys, inputs)
     anonymised, _ = _anonymised(model, rows, inputs)
-    first = _lookup(keys, real, rows["first"])
+    first = lookup(keys, real, rows["first"])
     limit = rows["fold"].map(calibration["thresholds"]).to_numpy(np.float64)
     verified = pd.Series(_distance(anonymised, first) < limit, index=rows.index, dtype=float)
-    real_verified = pd.Series(_distance(_lookup(keys, real, rows["source"]), first) < limit, index=rows.index,
+    real_verified = pd.Series(_distance(lookup(keys, real, rows["source"]), first) < limit, index=rows.index,
                               dtype=float)
     return {**_fold_summary(verified, rows["fold"]), "real_rate": float(real_verified.mean()),
             "thresholds": calibration["thresholds"], "n": len(rows), "skipped": skipped}
@@ -186,7 +209,7 @@ def _verify_celeba(inputs: MetricInputs, model: str, calibration: dict) -> dict:
         return float(np.mean(rates)) if rates else float("nan"), float(np.mean(hits)) if hits else float("nan")
 
     rate, rank1 = scores(anonymised)
-    real_rate, real_rank1 = scores(_lookup(gallery_keys, gallery, rows["source"]))
+    real_rate, real_rank1 = scores(lookup(gallery_keys, gallery, rows["source"]))
     return {"value": rate, "rank1": rank1, "real_rate": real_rate, "real_rank1": real_rank1,
             "threshold": threshold, "n": len(rows), "n_gallery": len(gallery_keys),
             "n_identities": len(test_identities), "skipped": skipped}

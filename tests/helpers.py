@@ -5,12 +5,18 @@ Tests import from here (never from another test module); fixtures live in confte
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import io
 import os
+import pickle
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -206,12 +212,105 @@ def deadline(seconds: int):
         signal.signal(signal.SIGALRM, previous)
 
 
+# --- source code ------------------------------------------------------------------------------
+
+def module_imports(path: Path) -> list[str]:
+    """Dotted names a source file imports (`from a import b` gives `a` and `a.b`)."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names += [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+    return names
+
+
+def imported_modules(roots: list[str], follow: tuple[str, ...]) -> set[str]:
+    """The repository's modules that `roots` import, transitively through the packages in `follow`."""
+    found, pending = set(), list(roots)
+    while pending:
+        name = pending.pop()
+        candidates = [REPO / f"{name.replace('.', '/')}.py", REPO / name.replace(".", "/") / "__init__.py"]
+        path = next((c for c in candidates if c.is_file()), None)
+        if name in found or path is None:
+            continue
+        found.add(name)
+        if name in roots or name.split(".")[0] in follow:
+            pending += module_imports(path)
+    return found
+
+
 # --- pretrained weights -----------------------------------------------------------------------
 
 def register_file(monkeypatch, name: str, path: Path, url: str) -> None:
     """Make PRETRAINED[name] describe the test's own file."""
     spec = weights.PretrainedFile(path.name, url, file_digest(path, "sha256"), path.stat().st_size)
     monkeypatch.setitem(weights.PRETRAINED, name, spec)
+
+
+@dataclass(frozen=True)
+class LegacyEntry:
+    """A state-dict tensor of a legacy torch file, as its pickle describes it (data not read)."""
+
+    storage: str
+    dtype: torch.dtype
+    numel: int  # of the storage
+    offset: int
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+
+
+LEGACY_STORAGES = {"FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
+                   "LongStorage": torch.int64, "IntStorage": torch.int32, "ByteStorage": torch.uint8,
+                   "BoolStorage": torch.bool}
+
+
+class _LegacyUnpickler(pickle.Unpickler):
+    """Reads the state-dict pickle of a legacy (pre-zip) torch file into LegacyEntry records, resolving nothing else."""
+
+    def find_class(self, module, name):
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return lambda storage, offset, size, stride, *rest: LegacyEntry(
+                storage[0], storage[1], storage[2], offset, tuple(size), tuple(stride))
+        if module == "torch" and name in LEGACY_STORAGES:
+            return LEGACY_STORAGES[name]
+        if (module, name) == ("collections", "OrderedDict"):
+            return OrderedDict
+        raise pickle.UnpicklingError(f"unexpected {module}.{name} in a state-dict pickle")
+
+    def persistent_load(self, pid):
+        kind, dtype, key, _location, numel, view = pid  # ('storage', type, key, location, numel, None)
+        if kind != "storage" or view is not None:
+            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
+        return str(key), dtype, int(numel)
+
+
+def read_legacy_prefix(path: Path) -> tuple[OrderedDict[str, LegacyEntry], dict[str, torch.Tensor]]:
+    """The entries of a (possibly truncated) legacy torch state-dict file, and the tensors complete in it.
+
+    Layout: pickles of the magic number, the protocol version and system info; the state-dict
+    pickle; the pickled sorted list of storage keys; then per key an int64 element count and
+    the raw little-endian data.
+    """
+    data = Path(path).read_bytes()
+    stream = io.BytesIO(data)
+    for _ in range(3):  # magic number, protocol version, system info
+        pickle.load(stream)
+    entries = _LegacyUnpickler(stream).load()
+    keys = pickle.load(stream)
+    storages, position = {}, stream.tell()
+    dtypes = {entry.storage: (entry.dtype, entry.numel) for entry in entries.values()}
+    for key in keys:
+        dtype, numel = dtypes[key]
+        end = position + 8 + numel * torch.empty((), dtype=dtype).element_size()
+        if end > len(data):
+            break
+        assert struct.unpack_from("<q", data, position)[0] == numel, key
+        storages[key] = torch.frombuffer(bytearray(data[position + 8:end]), dtype=dtype)
+        position = end
+    tensors = {name: storages[e.storage].as_strided(e.size, e.stride, e.offset).contiguous()
+               for name, e in entries.items() if e.storage in storages}
+    return entries, tensors
 
 
 def calibrated(network: torch.nn.Module, size: int) -> torch.nn.Module:

@@ -52,10 +52,10 @@ def test_blur_changes_only_the_mask_and_matches_a_reference():
         assert result[mask].std() < image[mask].std() / 5  # noise is smoothed away
 
 
-def test_pixelation_cells_are_constant_and_background_untouched():
+def test_mask_box_pixelation_cells_are_constant_and_background_untouched():
     images, masks = random_faces()
     cells = 10
-    out = pixelate_inside(images, masks, cells)
+    out = pixelate_inside(images, masks, cells, grid="mask_box", colour="mean")
     assert np.array_equal(out[~masks], images[~masks])
     for image, mask, result in zip(images, masks, out, strict=True):
         rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
@@ -75,10 +75,36 @@ def test_pixelation_cells_are_constant_and_background_untouched():
         assert len(np.unique(result[mask], axis=0)) <= cells * cells
 
 
+def test_default_pixelation_is_resizing_the_crop_to_10_x_10_and_back_inside_the_mask():
+    import cv2  # opencv-python comes with face-alignment
+
+    def resized(image, interpolation):
+        small = cv2.resize(image, (10, 10), interpolation=interpolation)
+        return cv2.resize(small, (180, 220), interpolation=cv2.INTER_NEAREST)
+
+    images, masks = random_faces()
+    out = pixelate_inside(images, masks, 10)
+    assert np.array_equal(out[~masks], images[~masks])
+    for image, mask, result in zip(images, masks, out, strict=True):
+        # cv2's INTER_LINEAR rounds in fixed point: one grey level apart at most.
+        assert np.abs(result[mask].astype(int) - resized(image, cv2.INTER_LINEAR)[mask]).max() <= 1
+        assert np.array_equal(pixelate_inside(image[None], mask[None], 10, colour="mean")[0][mask],
+                              resized(image, cv2.INTER_AREA)[mask])  # the cell mean is area averaging, exactly
+        # On 22 x 18 cells the bilinear centre sample is the mean of the central 2 x 2 pixels.
+        centre = image[10:12, 8:10].reshape(-1, 3).mean(0)
+        if mask[0, 0]:
+            assert np.array_equal(result[0, 0], np.rint(centre).astype(np.uint8))
+    nearest = pixelate_inside(images, masks, 10, colour="nearest")
+    rows, cols = np.arange(220) // 22 * 22 + 11, np.arange(180) // 18 * 18 + 9
+    for image, mask, result in zip(images, masks, nearest, strict=True):
+        assert np.array_equal(result[mask], image[rows[:, None], cols[None, :]][mask])
+
+
 def test_empty_mask_leaves_the_image_alone():
     images, masks = random_faces(1)
     empty = np.zeros_like(masks)
-    assert np.array_equal(pixelate_inside(images, empty, 10), images)
+    for grid in ("crop", "mask_box"):
+        assert np.array_equal(pixelate_inside(images, empty, 10, grid), images)
     assert np.array_equal(blur_inside(images, empty, 101, 15.5), images)
 
 
@@ -91,26 +117,28 @@ def test_kernel_larger_than_the_image_is_refused():
 def test_settings_come_from_params():
     mapping = params_mapping()
     mapping["anonymisers"]["blur"]["kernel_size"] = 31
-    mapping["anonymisers"]["pixelate"]["cells"] = 4
+    mapping["anonymisers"]["pixelate"].update(cells=4, grid="mask_box", colour="mean")
     settings = config.from_mapping(mapping)
     blur = create("blur", settings.anonymiser_settings("blur"), RunContext(method="blur", dataset="celeba"))
     pixelate = create("pixelate", settings.anonymiser_settings("pixelate"),
                       RunContext(method="pixelate", dataset="celeba"))
     assert isinstance(blur, Blur) and blur.kernel_size == 31 and blur.sigma == pytest.approx(opencv_sigma(31))
-    assert isinstance(pixelate, Pixelate) and pixelate.cells == 4
+    assert isinstance(pixelate, Pixelate)
+    assert (pixelate.cells, pixelate.grid, pixelate.colour) == (4, "mask_box", "mean")
 
     images, masks = random_faces(1)
     batch = make_batch(images, masks)
-    assert len(np.unique(pixelate.anonymise(batch)[0][masks[0]], axis=0)) <= 16
+    assert np.array_equal(pixelate.anonymise(batch), pixelate_inside(images, masks, 4, "mask_box", "mean"))
     assert np.array_equal(blur.anonymise(batch), blur_inside(images, masks, 31, opencv_sigma(31)))
 
 
 def test_paper_defaults_and_bad_params():
     settings = params()
     assert settings.anonymisers["blur"] == BlurConfig() and BlurConfig().kernel_size == 101
-    assert settings.anonymisers["pixelate"] == PixelateConfig() and PixelateConfig().cells == 10
+    assert settings.anonymisers["pixelate"] == PixelateConfig() == PixelateConfig(10, "crop", "linear")
     for section, key, value, message in (("blur", "kernel_size", 100, "anonymisers.blur.kernel_size must be odd"),
-                                         ("pixelate", "cells", 0, "anonymisers.pixelate.cells must be >= 1")):
+                                         ("pixelate", "cells", 0, "anonymisers.pixelate.cells must be >= 1"),
+                                         ("pixelate", "grid", "face", "anonymisers.pixelate.grid must be one of")):
         mapping = params_mapping()
         mapping["anonymisers"][section][key] = value
         with pytest.raises(ParamsError, match=message):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import importlib
 import re
@@ -20,7 +19,7 @@ from facedata.errors import ParamsError
 from pipelines import stage
 from pipelines.config import Params, ReleasedConfig, from_mapping
 from pipelines.layout import Layout
-from tests.helpers import REPO, dvc, params_mapping, repository_copy, write_params
+from tests.helpers import REPO, dvc, module_imports, params_mapping, repository_copy, write_params
 
 
 @dataclass(frozen=True)
@@ -204,10 +203,7 @@ def test_a_missing_params_file_and_invalid_yaml_are_one_line(tmp_path, capsys):
 def test_no_lower_package_imports_the_stage_layer():
     for package in ("anonygan", "baselines", "metrics", "facedata"):
         for path in (REPO / package).rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text())):
-                names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
-                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-                assert not any(name.split(".")[0] == "pipelines" for name in names), path
+            assert not any(name.split(".")[0] == "pipelines" for name in module_imports(path)), path
 
 
 @pytest.mark.slow

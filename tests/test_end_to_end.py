@@ -18,6 +18,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from metrics import weights
 from pipelines.profile import apply
 from tests.helpers import PROTOCOL_LIST, dvc, repository_copy
 
@@ -93,12 +94,18 @@ def test_originals_are_detected_more_often_than_blurred_faces(small_run):
         assert frame.loc["original", "detection_dlib"] >= 0.95, dataset
 
 
-def test_uncomputable_metrics_are_absent_not_invented(small_run):
+def test_fid_and_kid_are_computed_and_facenet_metrics_absent_not_invented(small_run):
     workdir, _ = small_run
     for dataset, frame in tables(workdir).items():
-        assert frame["fid"].isna().all() and frame["reid_facenet_casia"].isna().all(), dataset
-    markdown = (workdir.reports / "table1.md").read_text()
-    assert "| Blurring | - (95.13) |" in markdown
+        assert frame["fid"].notna().all() and frame["kid"].notna().all(), dataset
+        assert frame.loc["original", "fid"] < frame.loc["blur", "fid"], dataset
+        assert frame.loc["original", "kid"] < frame.loc["blur", "kid"], dataset
+        assert frame["reid_facenet_casia"].isna().all(), dataset  # FaceNet's weights cannot be fetched here
+        fid = json.loads(workdir.results(dataset, "blur").read_text())["fid"]
+        assert fid["weights"]["sha256"] in {weights.PRETRAINED["inception"].sha256, weights.INCEPTION_WHEEL.sha256}
+    row = next(line for line in (workdir.reports / "table1.md").read_text().splitlines()
+               if line.startswith("| Blurring"))
+    assert "(95.13; " in row and "| - (0.07%) |" in row  # our FID beside the paper's; re-id not computed
 
 
 def test_released_methods_are_rows_with_numbers_or_not_available_with_the_reason(small_run):

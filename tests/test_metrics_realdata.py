@@ -88,10 +88,16 @@ def test_blurring_the_face_defeats_dlib_detection_on_lfw(lfw_fold1, tmp_path):
     assert result["value"] < 0.5 and result["n"] >= 590
 
 
-def test_pose_error_of_unmodified_crops_against_their_prepared_landmarks(celeba, tmp_path):
-    result = metrics.calc("pose_error", inputs(celeba, linked_copies(tmp_path / "same", celeba)))
-    assert result["n"] + result["n_failed"] == 150 and result["n_failed"] <= 3
-    assert 0.0 < result["value"] < 0.02  # not 0: prepare located landmarks on the full photo
+def test_pose_error_of_unmodified_crops(celeba, tmp_path):
+    unmodified = inputs(celeba, linked_copies(tmp_path / "same", celeba))
+    authors = metrics.calc("pose_error", unmodified)  # landmarks detected on both images, as the authors
+    assert authors["n"] + authors["n_failed"] == 150 and authors["n_failed"] <= 3 and authors["value"] == 0.0
+    prepared = metrics.calc("pose_error", unmodified, reference="prepared", normalisation="euclidean")
+    assert 0.0 < prepared["value"] < 0.02  # not 0: prepare located landmarks on the full photo
+    paper_code = metrics.calc("pose_error", unmodified, reference="prepared")
+    ratio = paper_code["per_pair"]["pose_error"] / prepared["per_pair"]["pose_error"]
+    # Euclidean / mean(|dx|, |dy|) of the eye corners: 2 for level eyes, sqrt(2) at 45 degrees.
+    assert 1.9 < ratio.median() <= 2.0 and ratio.min() >= np.sqrt(2) - 1e-9
 
 
 def with_landmarks(pairs: metrics.PairSet, landmarks: dict[str, np.ndarray], root: Path) -> metrics.PairSet:
@@ -102,18 +108,21 @@ def with_landmarks(pairs: metrics.PairSet, landmarks: dict[str, np.ndarray], roo
     return metrics.PairSet(pairs.manifest, PreparedDataset(write_prepared(root, faces)))
 
 
-def test_pose_error_is_zero_for_identical_landmarks_and_exact_for_a_translation(celeba, tmp_path):
+def test_pose_error_against_prepared_landmarks_is_zero_when_identical_and_exact_for_a_translation(celeba, tmp_path):
     folder = linked_copies(tmp_path / "same", celeba)
     subset = metrics.PairSet(celeba.manifest.iloc[:12], celeba.prepared)
     faces = hog_faces([folder / f"{i}.png" for i in subset.manifest["pair_id"]], METRICS_CACHE, workers=1)
     assert (faces[:, 0] > 0).all()
     detected = {key: face[1:].reshape(68, 2) for key, face in zip(subset.manifest["source"], faces, strict=True)}
-    identical = metrics.calc("pose_error", inputs(with_landmarks(subset, detected, tmp_path / "a"), folder))
+    identical = metrics.calc("pose_error", inputs(with_landmarks(subset, detected, tmp_path / "a"), folder),
+                             reference="prepared")
     assert identical["value"] == 0.0 and identical["n"] == 12
     shifted = {key: points + np.float32([3.0, -1.0]) for key, points in detected.items()}
-    moved = metrics.calc("pose_error", inputs(with_landmarks(subset, shifted, tmp_path / "b"), folder))
-    outer_eyes = [np.linalg.norm(p[45] - p[36]) for p in shifted.values()]
-    assert moved["value"] == pytest.approx(np.mean([(3.0 + 1.0) / 2 / d for d in outer_eyes]), rel=1e-6)
+    moved_inputs = inputs(with_landmarks(subset, shifted, tmp_path / "b"), folder)
+    corners = [p[45] - p[36] for p in shifted.values()]
+    for normalisation, scale in (("paper_code", lambda d: np.abs(d).mean()), ("euclidean", np.linalg.norm)):
+        moved = metrics.calc("pose_error", moved_inputs, reference="prepared", normalisation=normalisation)
+        assert moved["value"] == pytest.approx(np.mean([(3.0 + 1.0) / 2 / scale(d) for d in corners]), rel=1e-6)
 
 
 def test_a_faceless_image_is_a_counted_pose_failure(celeba, tmp_path):
@@ -123,6 +132,7 @@ def test_a_faceless_image_is_a_counted_pose_failure(celeba, tmp_path):
     Image.fromarray(np.full((220, 180, 3), 128, np.uint8)).save(folder / "1.png")
     result = metrics.calc("pose_error", inputs(subset, folder))
     assert result["n"] == 2 and result["n_failed"] == 1 and result["failure_rate"] == pytest.approx(1 / 3)
+    assert result["failed"] == {"no face in the anonymised image": 1}
     assert metrics.calc("detection_dlib", inputs(subset, folder))["n_detected"] == 2
 
 

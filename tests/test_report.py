@@ -62,13 +62,20 @@ def test_uncomputed_metrics_show_as_dashes_not_numbers():
     row = next(line for line in markdown.splitlines() if line.startswith("| Blurring"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "- (85.03)"  # FID not computed: ours '-', the paper's kept
-    assert cells[2] == "5.00% (7.00%; -2.00 pp)"
+    assert cells[2] == "-"  # KID: neither ours nor the paper's
+    assert cells[3] == "5.00% (7.00%; -2.00 pp)"
 
 
-def test_lfw_cells_carry_mean_and_std():
-    results = {"ciagan": {"reid_facenet_casia": result(0.02, std=0.005)}}
+def test_lfw_cells_carry_mean_and_std_only_where_the_paper_does():
+    results = {"ciagan": {"reid_facenet_casia": result(0.02, std=0.005), "pose_error": result(0.3, std=0.1),
+                          "kid": result(0.0123, std=0.004), "fid": result(20.0)}}
     markdown = to_markdown(table(results, PAPER["lfw"], ROWS, with_std=True), "Table 2")
     assert "2.00% ± 0.50 (1.28% ± 0.32; +0.72 pp)" in markdown
+    row = next(line for line in markdown.splitlines() if line.startswith("| CIAGAN"))
+    # Pose and KID come without their std; re-id keeps it (ours for casia, the paper's for both).
+    assert "| 0.0123 |" in row and "| 0.30 (0.45; -0.15) |" in row and row.count("±") == 3
+    celeba = to_markdown(table(results, PAPER["celeba"], ROWS, with_std=False), "Table 1")
+    assert "±" not in celeba
     latex = to_latex(table(results, PAPER["lfw"], ROWS, with_std=True), "Table 2")
     assert r"2.00\% $\pm$ 0.50" in latex and latex.count(r"\\") >= 2
 
@@ -89,7 +96,8 @@ def test_small_profile_applies_to_params_and_keeps_comments(tmp_path):
     applied = yaml.safe_load(text)
     assert applied["data"]["lfw"]["root"] == "../shared/data/lfw"
     assert applied["train"]["epochs"] == 1 and applied["train"]["lr_generator"] == 2.0e-4  # untouched
-    assert applied["evaluate"]["metrics"] == ["pose_error", "detection_dlib", "detection_mtcnn", "verification_dlib"]
+    assert applied["evaluate"]["metrics"] == ["fid", "kid", "pose_error", "detection_dlib", "detection_mtcnn",
+                                              "verification_dlib"]
     assert from_mapping(applied).ciagan.model.image_size == 32  # a valid configuration
     with pytest.raises(ParamsError, match="no profile"):
         apply("huge", layout)
@@ -112,6 +120,6 @@ def test_a_method_that_could_not_run_says_not_available_with_the_reason():
     assert frame.set_index("method").loc["blur", "available"]
     markdown = to_markdown(frame, "Table 1")
     line = next(line for line in markdown.splitlines() if line.startswith("| CIAGAN"))
-    assert line.startswith("| CIAGAN | not available (37.94) | not available (96.00%) |")
+    assert line.startswith("| CIAGAN | not available (37.94) | not available | not available (96.00%) |")
     assert markdown.rstrip().endswith(f"- Not available: CIAGAN: {reason}")
     assert "not available (37.94)" in to_latex(frame, "Table 1")
