@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import io
+import json
 import os
 import pickle
 import shutil
@@ -110,6 +111,12 @@ def write_params(layout: Layout, mapping: dict[str, Any]) -> None:
 
 
 # --- data -------------------------------------------------------------------------------------
+
+def write_source(layout: Layout, dataset: str, images_dir: Path) -> None:
+    """The download stage's record (data/raw/<dataset>/source.json) naming the folder of original photos."""
+    layout.raw(dataset).mkdir(parents=True, exist_ok=True)
+    layout.source(dataset).write_text(json.dumps({"images_dir": str(images_dir)}))
+
 
 def write_prepared(root: Path, faces: list[dict[str, Any]]) -> Path:
     """A prepared dataset in the `prepare` stage's layout: crops, masks and an index with status ok.

@@ -31,7 +31,7 @@ from metrics.reid import best_threshold, cross_validate
 from pipelines import evaluate
 from pipelines.config import from_mapping
 from pipelines.layout import Layout
-from tests.helpers import REPO, imported_modules, params_mapping, register_file, write_prepared
+from tests.helpers import REPO, imported_modules, params_mapping, register_file, write_prepared, write_source
 
 REQUIRED = ["detection_dlib", "detection_mtcnn", "fid", "kid", "pose_error", "reid_facenet_casia",
             "reid_facenet_vggface2", "verification_dlib", "verification_facenet_casia",
@@ -306,11 +306,10 @@ def test_no_wheel_and_no_network_say_how_to_get_either(no_wheel):
 def evaluation_layout(root: Path, pairs: metrics.PairSet) -> Layout:
     """A pipeline layout whose LFW test set is `pairs`, with unmodified copies as the outputs of method `blur`."""
     layout = Layout(root)
-    for path in (layout.prepared("lfw"), layout.raw("lfw"), layout.test_pairs("lfw")):
+    for path in (layout.prepared("lfw"), layout.test_pairs("lfw")):
         path.parent.mkdir(parents=True, exist_ok=True)
     layout.prepared("lfw").symlink_to(pairs.prepared.root)
-    layout.raw("lfw").mkdir()
-    layout.source("lfw").write_text(json.dumps({"images_dir": str(pairs.photos)}))
+    write_source(layout, "lfw", pairs.photos)
     pairs.manifest.to_csv(layout.test_pairs("lfw"), index=False)
     outputs = anonymised_folder(layout.outputs("lfw", "blur"), pairs)
     pairs.manifest.assign(status="ok").to_csv(outputs / "manifest.csv", index=False)

@@ -44,7 +44,7 @@ from facedata.released import CheckpointError, LayoutMismatch, read_status, read
 from pipelines import anonymise, download_released, evaluate, report
 from pipelines.config import from_mapping
 from pipelines.layout import Layout
-from tests.helpers import REPO, google_drive_page, make_batch, params_mapping, write_params
+from tests.helpers import REPO, google_drive_page, make_batch, params_mapping, write_params, write_source
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 VARIANTS = {"68lm_chatt": (68, True), "29lm_no_chatt": (29, False)}
@@ -459,6 +459,7 @@ def test_sets(small_prepared, tmp_path) -> Layout:
         pd.DataFrame(columns).to_csv(layout.test_pairs(dataset), index=False)
         layout.prepared(dataset).parent.mkdir(parents=True, exist_ok=True)
         layout.prepared(dataset).symlink_to(small_prepared)
+        write_source(layout, dataset, small_prepared)
     layout.reports.mkdir()
     shutil.copy(REPO / "reports" / "paper_numbers.yaml", layout.paper_numbers)
     return layout
