@@ -7,9 +7,9 @@ A settings class is a frozen dataclass whose annotations say what each value may
         kernel_size: Annotated[int, odd, at_least(1)] = 101
         sigma: Annotated[float, above(0)] | None = None
 
-`load(BlurConfig, {"kernel_size": 51}, "baselines.blur")` checks every key against its
+`load(BlurConfig, {"kernel_size": 51}, "anonymisers.blur")` checks every key against its
 annotation and rejects keys the class does not have; every error is a `ParamsError` naming the
-dotted key (`baselines.blur.kernel_size must be odd; got 50`). Supported annotations: bool, int,
+dotted key (`anonymisers.blur.kernel_size must be odd; got 50`). Supported annotations: bool, int,
 float (ints accepted), str, `Literal[...]` choices, `X | None`, `tuple[X, ...]` / `tuple[X, Y]`
 (from YAML lists), `list[X]`, `dict[str, X]`, nested settings classes, and `Annotated[X, *checks]`.
 A missing key takes the field's default; a field with `metadata={"params": False}` is derived
