@@ -72,10 +72,10 @@ def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> di
         result = results[name]
         if "per_pair" in result:
             per_pair = per_pair.merge(result.pop("per_pair"), on="pair_id", how="left")
-        print(
-            f"{dataset}/{method}: {name} = {result.get('value')} (n={result.get('n')}, "
-            f"skipped {result['n_skipped']}, {result['seconds']} s)"
-        )
+        value = result.get("value")
+        shown = f"{value:.6g}" if isinstance(value, float) else value  # 0.06, not 0.06000000000000001
+        print(f"{dataset}/{method}: {name} = {shown} (n={result.get('n')}, skipped {result['n_skipped']}, "
+              f"{result['seconds']} s)")
     write_table(layout.pair_results(dataset, method), per_pair)
     write_json(layout.results(dataset, method), results)
     return results

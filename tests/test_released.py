@@ -531,11 +531,14 @@ def test_synthetic_released_files_go_through_download_load_anonymise_evaluate_an
 
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_offline_the_released_methods_are_reported_not_available(test_sets, monkeypatch):
+def test_offline_the_released_methods_are_reported_not_available(test_sets, monkeypatch, capsys):
     layout = test_sets
     for model in ("anonygan", "ciagan"):  # what an offline machine gets: no answer
         use_remote(monkeypatch, model, Remote(f"{model}.bin", "http://127.0.0.1:9/uc?id=x", None, google_drive_id="x"))
     tables = run_stages(layout, pipeline_params())
+    # The stage's log shows each value to 6 significant digits, as the JSON holds it in full.
+    pose = json.loads(layout.results("lfw", "original").read_text())["pose_error"]
+    assert f"lfw/original: pose_error = {pose['value']:.6g} (n={pose['n']}," in capsys.readouterr().out
     for method in ("anonygan-released", "ciagan-released"):
         status = read_status(layout.released(method))
         assert not status["available"] and "failed after 1 attempts" in status["reason"]
