@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from facedata.errors import DataError, MissingInputError
 from facedata.prepared import PreparedDataset
+from infra.errors import DataError, MissingInputError
 
 PAIR_COLUMNS = ("source", "condition", "same_image")
 

@@ -9,10 +9,10 @@ from typing import Literal
 import numpy as np
 import torch
 
+import runtime
 from anonygan.data import NetworkInputs, to_uint8
 from anonygan.model import Generator, ModelConfig, composite, load_checkpoint
-from facedata import runtime
-from facedata.errors import DataError
+from infra.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from facedata import runtime
-from facedata.config import at_least, between, odd
+import runtime
 from facedata.landmarks import LANDMARK_SETS
+from infra.settings import at_least, between, odd
 
 CHECKPOINT_KIND, CHECKPOINT_FORMAT = "anonygan", 3
 

@@ -11,7 +11,7 @@ Which variant it is, the README does not say; `detect_variant` reads it from the
 2 x L in `G.stream2_down.1.weight` (136 or 58) and 3 + L in `D_pose.down1.0.weight` (71 or 32).
 
 Our generator and discriminators register their tensors in the authors' order, so the weights map
-by position (`facedata.released.map_by_position`, every pair checked). One layer differs: the
+by position (`infra.weight_files.map_by_position`, every pair checked). One layer differs: the
 authors' attention decoder ends in `ConvTranspose2d(64, 1, 1)` (`G.conv_att3.weight`, 64 x 1 x 1 x 1,
 in x out), ours in `Conv2d(64, 1, 1)` (1 x 64 x 1 x 1, out x in). A 1x1, stride-1, unpadded
 transposed convolution is that convolution with the weight's first two dimensions swapped (flipping
@@ -29,9 +29,9 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from anonygan.model import Generator, ModelConfig, PatchDiscriminator, build
-from facedata.errors import DataError
-from facedata.fetch import google_drive
-from facedata.released import LayoutMismatch, map_by_position, read_weights
+from infra.errors import DataError
+from infra.fetch import google_drive
+from infra.weight_files import LayoutMismatch, map_by_position, read_weights
 
 RELEASED = google_drive("anonygan.ckpt", "1FWMaBIQfm1-1fLy0ZG7eu--VD91OipJP")
 #: The authors' submodules and ours.

@@ -5,7 +5,7 @@ A step averages the gradient over `batches_per_step` micro-batches of `batch_siz
 them; a torchrun launch of several processes splits them and sums the gradients over the
 processes, so a step computes the same update either way (dropout masks are seeded per micro-batch).
 
-Resumable (`facedata.runtime.EpochTrainer`): a checkpoint holds the networks, optimisers, the
+Resumable (`runtime.EpochTrainer`): a checkpoint holds the networks, optimisers, the
 global RNG state and the number of finished epochs; batches depend only on (seed, epoch) and the
 learning rate only on (epoch, step), so an interrupted run resumed from its last checkpoint
 continues exactly as an uninterrupted one (on CPU).
@@ -25,12 +25,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+import runtime
 from anonygan import losses
 from anonygan.data import NetworkInputs, PairData, hybrid_batches, to_uint8
 from anonygan.model import CHECKPOINT_FORMAT, CHECKPOINT_KIND, ModelConfig, build
-from facedata import runtime
-from facedata.config import FieldError, above, at_least
-from facedata.errors import ParamsError
+from infra.errors import ParamsError
+from infra.settings import FieldError, above, at_least
 
 LOSS_NAMES = ("g_adversarial", "g_pose", "g_wfm", "g_reconstruction", "g_total", "d_app", "d_lm")
 NETWORKS = ("generator", "d_app", "d_lm")
@@ -69,7 +69,7 @@ class TrainConfig:
     sample_every: Annotated[int, at_least(1)] = 10  # epochs; a sample grid of fixed pairs
     workers: Annotated[int, at_least(0)] = 2  # data loader processes
     precision: Literal["bf16", "fp32"] = "fp32"  # fp32 (the authors') | bf16 autocast on CUDA; CPU always runs fp32
-    resume: Literal["same_settings", "continue"] = "same_settings"  # see facedata.runtime.EpochTrainer.resume
+    resume: Literal["same_settings", "continue"] = "same_settings"  # see runtime.EpochTrainer.resume
 
     def __post_init__(self):
         if self.samples_per_epoch < self.step_samples:

@@ -16,8 +16,8 @@ import torch
 from anonygan import released
 from anonygan.inference import AnonyGANInference, InferenceConfig
 from baselines.interface import Anonymiser, FaceBatch, RunContext, register
-from facedata.errors import MissingInputError
-from facedata.released import released_file
+from infra.errors import MissingInputError
+from infra.weight_files import released_file
 
 
 @register("anonygan")

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from baselines.interface import Anonymiser, FaceBatch, RunContext, register
-from facedata.config import above, at_least, odd
+from infra.settings import above, at_least, odd
 
 
 def opencv_sigma(kernel_size: int) -> float:

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from baselines.interface import Anonymiser, FaceBatch, RunContext, register
-from facedata.errors import DataError, MissingInputError, ParamsError
 from facedata.images import read_rgb
+from infra.errors import DataError, MissingInputError, ParamsError
 
 #: How many missing file names an error lists before it only counts them.
 _LISTED = 5

@@ -30,8 +30,8 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import pandas as pd
 
-from facedata.errors import DataError
 from facedata.prepared import PreparedDataset
+from infra.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,10 @@ from typing import Annotated, Literal
 
 import numpy as np
 
-from facedata.config import at_least, between
 from facedata.framing import CropTransform, extract_crop, face_mask, frame_for
 from facedata.images import ImageError, decode
 from facedata.landmarks import LandmarkDetector
+from infra.settings import at_least, between
 
 #: Bump when the processing changes in a way that changes outputs for the same config.
 #: 3: crops named after the whole key, degenerate photos get too_small, crop and mask digests in the index.

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
-from facedata.config import at_least
-from facedata.errors import DataError, ParamsError
-from facedata.fetch import Remote, google_drive
+from infra.errors import DataError, ParamsError
+from infra.fetch import Remote, google_drive
+from infra.settings import at_least
 
 _UMASS = "http://vis-www.cs.umass.edu/lfw/"
 _FIGSHARE = "https://ndownloader.figshare.com/files/"

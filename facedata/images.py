@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from facedata.errors import DataError
+from infra.errors import DataError
 
 
 class ImageError(Exception):

@@ -6,7 +6,7 @@ writes `out` in the layout `facedata.prepared` reads, plus summary.json.
 
 Nothing lost: workers detect and crop; the parent alone writes files. It writes each crop and
 mask atomically, puts the SHA-1 of their bytes in the photo's row and journals the rows
-(`facedata.journal`) at most every JOURNAL_INTERVAL_S as photos finish, and all of them when
+(`infra.journal`) at most every JOURNAL_INTERVAL_S as photos finish, and all of them when
 the run stops on Ctrl-C or a dead worker. So a stopped run keeps what it finished (a SIGKILL
 loses the photos finished since the last part), and the next run does only the rest.
 
@@ -35,15 +35,15 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from facedata.atomic import remove_leftovers, write_bytes, write_json
 from facedata.crops import PrepareConfig, prepare_face
 from facedata.datasets import key_problem
-from facedata.errors import DataError
 from facedata.images import ImageError
-from facedata.journal import Journal
 from facedata.landmarks import LandmarkDetector
-from facedata.pool import WorkerDiedError, imap_unordered
 from facedata.prepared import crop_relpath, mask_relpath
+from infra.atomic import remove_leftovers, write_bytes, write_json
+from infra.errors import DataError
+from infra.journal import Journal
+from infra.pool import WorkerDiedError, imap_unordered
 
 #: Least seconds between journal parts: fewer files, while a SIGKILL loses little finished work.
 JOURNAL_INTERVAL_S = 0.5

@@ -19,9 +19,9 @@ import pandas as pd
 import pyarrow
 from PIL import Image
 
-from facedata.errors import DataError, MissingInputError
 from facedata.framing import CropTransform
 from facedata.images import read_rgb
+from infra.errors import DataError, MissingInputError
 
 INDEX_COLUMNS = {
     "key": "photo path relative to the dataset's image folder",

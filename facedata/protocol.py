@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from facedata import datasets
-from facedata.config import at_least, unit_interval
-from facedata.errors import DataError, MissingInputError, ParamsError
+from infra.errors import DataError, MissingInputError, ParamsError
+from infra.settings import at_least, unit_interval
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from facedata.compat import ensure_torchvision
 from facedata.images import read_rgb
 from metrics import weights
 from metrics.store import cached_features, content_digest
+from runtime.torchvision_compat import ensure_torchvision
 
 MODELS = {"casia": "facenet_casia", "vggface2": "facenet_vggface2"}
 FACE_SIZE = 160

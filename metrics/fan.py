@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facedata.fetch import file_digest
 from facedata.images import read_rgb
+from infra.fetch import file_digest
 from metrics.store import cached_features, content_digest
 from metrics.weights import WeightsUnavailableError, checkpoint_dir
 

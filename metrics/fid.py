@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from facedata.config import at_least
 from facedata.images import read_rgb
+from infra.settings import at_least
 from metrics import inception, weights
 from metrics.registry import MetricInputs, register
 from metrics.store import cached_features, content_digest

@@ -29,9 +29,9 @@ from collections.abc import Iterator
 
 import torch
 
-from facedata.compat import ensure_torchvision
-from facedata.errors import DataError
+from infra.errors import DataError
 from metrics.weights import INCEPTION_WHEEL, WeightsFile
+from runtime.torchvision_compat import ensure_torchvision
 
 CONVOLUTIONS = 94
 WHEEL_TENSORS = ("weight", "beta", "mean", "var")

@@ -19,14 +19,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from facedata.compat import ensure_torchvision
-from facedata.config import unit_interval
 from facedata.images import read_rgb
 from facedata.landmarks import LEFT_EYE_OUTER, RIGHT_EYE_OUTER
+from infra.settings import unit_interval
 from metrics.dlib_faces import hog_faces
 from metrics.fan import fan_faces
 from metrics.registry import MetricInputs, lookup, register
 from metrics.store import cached_features, content_digest
+from runtime.torchvision_compat import ensure_torchvision
 
 Detector = Literal["dlib", "fan"]
 Reference = Literal["detected", "prepared"]

@@ -30,9 +30,9 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from facedata import config
-from facedata.errors import DataError
 from facedata.prepared import PreparedDataset, crop_relpath
+from infra import settings as config
+from infra.errors import DataError
 
 DEFAULT_CACHE = Path(".cache/metrics")
 LFW_COLUMNS = ("fold", "same", "first")
@@ -161,7 +161,7 @@ def available() -> list[str]:
 
 @functools.cache
 def options_type(name: str) -> type:
-    """The metric's options as a frozen settings class (`facedata.config`), from its signature."""
+    """The metric's options as a frozen settings class (`infra.settings`), from its signature."""
     function = _get(name)
     hints = typing.get_type_hints(function, include_extras=True)
     fields = [(p.name, hints[p.name], dataclasses.field(default=p.default))

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from facedata.atomic import atomic_path
-from facedata.pool import imap_unordered
+from infra.atomic import atomic_path
+from infra.pool import imap_unordered
 
 
 def content_digest(path: Path, extra: bytes = b"") -> str:

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from facedata.errors import MissingInputError
-from facedata.fetch import ChecksumError, DownloadError, Remote, fetch, file_digest
+from infra.errors import MissingInputError
+from infra.fetch import ChecksumError, DownloadError, Remote, fetch, file_digest
 
 
 class WeightsUnavailableError(MissingInputError):

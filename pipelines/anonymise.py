@@ -26,10 +26,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from baselines import Anonymiser, RunContext, check_output, create, identity_order, load_batch
-from facedata.atomic import write_json, write_table
 from facedata.datasets import DATASETS
-from facedata.errors import NotAvailableError
 from facedata.prepared import PreparedDataset
+from infra.atomic import write_json, write_table
+from infra.errors import NotAvailableError
 from pipelines import stage
 from pipelines.config import Params
 from pipelines.layout import Layout, require

@@ -2,7 +2,7 @@
 
 Each section is the settings class of the package that uses it (`facedata.crops.PrepareConfig`,
 `anonygan.model.ModelConfig`, `baselines.classic.BlurConfig`, a metric's options, ...), loaded by
-the generic `facedata.config.load`, so every bad value or unknown key is a `ParamsError` naming
+the generic `infra.settings.load`, so every bad value or unknown key is a `ParamsError` naming
 its dotted key. The whole file is checked when it is loaded: a stage never starts on settings
 that another stage would reject later.
 
@@ -26,13 +26,13 @@ from anonygan.model import ModelConfig, crop_size_problem
 from anonygan.training import TrainConfig
 from baselines import anonymiser_class, available
 from baselines.ciagan import CiaganConfig, TrainingConfig
-from facedata import config
-from facedata.config import Check, FieldError, at_least
 from facedata.crops import PrepareConfig
 from facedata.datasets import DataConfig
-from facedata.errors import ParamsError
-from facedata.fetch import DownloadConfig
 from facedata.protocol import PairsConfig
+from infra import settings as config
+from infra.errors import ParamsError
+from infra.fetch import DownloadConfig
+from infra.settings import Check, FieldError, at_least
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ import shutil
 from pathlib import Path
 
 from facedata import datasets, protocol
-from facedata.atomic import write_bytes, write_json
-from facedata.errors import MissingInputError
-from facedata.fetch import DownloadConfig, DownloadError, Remote, extract, fetch, file_digest, matches, staging_folder
+from infra.atomic import write_bytes, write_json
+from infra.errors import MissingInputError
+from infra.fetch import DownloadConfig, DownloadError, Remote, extract, fetch, file_digest, matches, staging_folder
 from pipelines import stage
 from pipelines.config import Params
 from pipelines.layout import Layout

@@ -27,8 +27,8 @@ from typing import Any
 
 from anonygan import released as anonygan_released
 from baselines.ciagan import released as ciagan_released
-from facedata.fetch import ChecksumError, DownloadError, Remote, fetch, file_digest
-from facedata.released import STATUS, CheckpointError, read_status, write_status
+from infra.fetch import ChecksumError, DownloadError, Remote, fetch, file_digest
+from infra.weight_files import STATUS, CheckpointError, read_status, write_status
 from pipelines import stage
 from pipelines.config import Params, ReleasedConfig
 from pipelines.layout import Layout

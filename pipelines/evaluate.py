@@ -21,10 +21,10 @@ from pathlib import Path
 import pandas as pd
 
 import metrics
-from facedata.atomic import write_json, write_table
 from facedata.datasets import DATASETS
-from facedata.fetch import ChecksumError
 from facedata.prepared import PreparedDataset
+from infra.atomic import write_json, write_table
+from infra.fetch import ChecksumError
 from metrics.weights import WeightsUnavailableError
 from pipelines import stage
 from pipelines.config import Params

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from facedata.errors import MissingInputError
+from infra.errors import MissingInputError
 
 
 @dataclass(frozen=True)

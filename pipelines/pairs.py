@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 
 from facedata import datasets, protocol
-from facedata.atomic import write_json, write_table
 from facedata.prepared import read_index
+from infra.atomic import write_json, write_table
 from pipelines import stage
 from pipelines.config import Params
 from pipelines.layout import Layout, require

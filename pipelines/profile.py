@@ -16,8 +16,8 @@ import sys
 import yaml
 from ruamel.yaml import YAML
 
-from facedata.atomic import atomic_path
-from facedata.errors import ParamsError
+from infra.atomic import atomic_path
+from infra.errors import ParamsError
 from pipelines.layout import Layout
 from pipelines.stage import guarded
 

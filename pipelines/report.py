@@ -20,10 +20,10 @@ import pandas as pd
 import seaborn as sns
 import yaml
 
-from facedata.atomic import atomic_path, write_bytes, write_table
-from facedata.errors import MissingInputError
 from facedata.images import read_rgb
 from facedata.prepared import PreparedDataset
+from infra.atomic import atomic_path, write_bytes, write_table
+from infra.errors import MissingInputError
 from pipelines import stage
 from pipelines.config import Params
 from pipelines.layout import Layout

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from facedata.errors import SuiteError
+from infra.errors import SuiteError
 from pipelines import config
 from pipelines.layout import Layout
 

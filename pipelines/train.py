@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import runtime
 from anonygan.data import PairData
 from anonygan.training import Trainer
-from facedata import runtime
-from facedata.errors import ParamsError
+from infra.errors import ParamsError
 from pipelines import stage
 from pipelines.config import Params
 from pipelines.layout import Layout, require

@@ -163,7 +163,7 @@ def server(tmp_path):
 @pytest.fixture(scope="session")
 def random_weights(tmp_path_factory) -> dict[str, Path]:
     """Random state dicts of pytorch-fid's Inception and facenet-pytorch's classifier (calibrated BN)."""
-    from facedata.compat import ensure_torchvision
+    from runtime.torchvision_compat import ensure_torchvision
 
     ensure_torchvision()
     import pytorch_fid.inception

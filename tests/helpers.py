@@ -31,8 +31,8 @@ from anonygan.model import ModelConfig
 from anonygan.training import TrainConfig
 from baselines import FaceBatch
 from facedata.crops import PREPARE_VERSION
-from facedata.fetch import file_digest
 from facedata.prepared import PreparedDataset, crop_relpath, mask_relpath
+from infra.fetch import file_digest
 from metrics import weights
 from pipelines import config
 from pipelines.layout import Layout

@@ -32,14 +32,14 @@ from anonygan.model import (
     load_checkpoint,
 )
 from anonygan.training import Trainer
-from facedata.errors import DataError
 from facedata.landmarks import CIAGAN_29
-from facedata.pool import WorkerDiedError
 from facedata.prepared import PreparedDataset
-from facedata.runtime import NonFiniteLossError
+from infra.errors import DataError
+from infra.pool import WorkerDiedError
 from pipelines import config
 from pipelines import train as train_stage
 from pipelines.layout import Layout
+from runtime import NonFiniteLossError
 from tests.helpers import SMALL, deadline, interrupted_at, pair_manifest, params, params_mapping, tiny_configs
 
 VARIANTS = tuple(params().variants)
@@ -190,7 +190,7 @@ def test_landmark_attention_keeps_its_weights_in_fp32_under_bf16_autocast(prepar
 
 @pytest.mark.realdata
 def test_training_maps_are_one_hot_at_218x178_resized_bilinearly_as_the_authors_loader(prepared_celeba):
-    from facedata.compat import ensure_torchvision
+    from runtime.torchvision_compat import ensure_torchvision
 
     ensure_torchvision()
     from torchvision.transforms import Resize

@@ -12,8 +12,8 @@ import baselines
 from anonygan.inference import InferenceConfig
 from baselines import Anonymiser, FaceBatch, RunContext, check_output, create, identity_order, load_batch, register
 from baselines.folder import FolderAnonymiser, FolderConfig
-from facedata.errors import DataError, MissingInputError, ParamsError
 from facedata.prepared import PreparedDataset
+from infra.errors import DataError, MissingInputError, ParamsError
 from tests.helpers import make_batch
 
 

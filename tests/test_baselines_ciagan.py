@@ -16,13 +16,13 @@ from baselines.ciagan.anonymiser import CiaganInferenceConfig
 from baselines.ciagan.frame import landmark_image, network_inputs, random_boxes, to_crop, to_network
 from baselines.ciagan.model import load_checkpoint
 from baselines.ciagan.training import FaceSet, pair_batches, training_faces
-from facedata.config import load as load_settings
-from facedata.errors import MissingInputError, ParamsError
 from facedata.prepared import PreparedDataset
-from facedata.runtime import NonFiniteLossError
+from infra.errors import MissingInputError, ParamsError
+from infra.settings import load as load_settings
 from pipelines import config
 from pipelines import train_ciagan as train_stage
 from pipelines.layout import Layout
+from runtime import NonFiniteLossError
 from tests.helpers import interrupted_at, make_batch, params, params_mapping
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,9 +8,9 @@ from scipy.ndimage import gaussian_filter1d
 
 from baselines import RunContext, create
 from baselines.classic import Blur, BlurConfig, Pixelate, PixelateConfig, blur_inside, opencv_sigma, pixelate_inside
-from facedata.errors import ParamsError
 from facedata.framing import face_mask
 from facedata.prepared import PreparedDataset
+from infra.errors import ParamsError
 from pipelines import config
 from tests.helpers import make_batch, params, params_mapping
 

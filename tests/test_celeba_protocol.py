@@ -13,8 +13,8 @@ import pytest
 
 from facedata import datasets, protocol
 from facedata.datasets import CelebaData, ProtocolFileError, read_identities
-from facedata.errors import MissingInputError
-from facedata.fetch import ChecksumError, Remote, matches
+from infra.errors import MissingInputError
+from infra.fetch import ChecksumError, Remote, matches
 from pipelines import download, prepare
 from pipelines.config import from_mapping
 from pipelines.layout import Layout

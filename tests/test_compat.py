@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from facedata.compat import ensure_torchvision, greedy_nms
+from runtime.torchvision_compat import ensure_torchvision, greedy_nms
 
 
 def reference_nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> list[int]:

@@ -13,9 +13,9 @@ from typing import Annotated, Literal
 import pytest
 import yaml
 
-from facedata import config
-from facedata.config import FieldError, above, at_least, odd
-from facedata.errors import ParamsError
+from infra import settings as config
+from infra.errors import ParamsError
+from infra.settings import FieldError, above, at_least, odd
 from pipelines import stage
 from pipelines.config import Params, ReleasedConfig, from_mapping
 from pipelines.layout import Layout

@@ -10,8 +10,8 @@ from facedata.datasets import (
     parse_pairs,
     read_identities,
 )
-from facedata.errors import ParamsError
 from facedata.protocol import derived_identity_list
+from infra.errors import ParamsError
 
 
 def write(tmp_path, text: str):

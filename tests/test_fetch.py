@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from facedata.fetch import ChecksumError, DownloadError, Remote, UnsafeArchiveError, extract, fetch
+from infra.fetch import ChecksumError, DownloadError, Remote, UnsafeArchiveError, extract, fetch
 from pipelines.config import from_mapping
 from pipelines.layout import Layout
 from tests.helpers import google_drive_page
@@ -234,7 +234,7 @@ def test_local_copy_with_the_wrong_layout_names_what_is_missing(tmp_path):
 
 
 def test_outputs_are_readable_by_others(tmp_path):
-    from facedata.atomic import write_json
+    from infra.atomic import write_json
 
     write_json(tmp_path / "out.json", {"a": 1})
     assert (tmp_path / "out.json").stat().st_mode & 0o044 == 0o044  # not mkstemp's 0600
@@ -258,7 +258,7 @@ def test_unreachable_source_is_one_line_with_the_local_copy_hint(file_server, tm
 def test_json_outputs_are_standard_json(tmp_path):
     import json
 
-    from facedata.atomic import write_json
+    from infra.atomic import write_json
 
     write_json(tmp_path / "r.json", {"pose_error": {"value": float("nan"), "per_fold": [1.0, float("inf")]}})
     assert json.loads((tmp_path / "r.json").read_text(), parse_constant=lambda name: pytest.fail(name)) == {

@@ -19,9 +19,9 @@ from PIL import Image
 
 import metrics
 from baselines.classic import blur_inside, opencv_sigma
-from facedata.compat import ensure_torchvision
 from metrics import inception, weights
 from metrics.fid import clean_resize, frechet_distance, nvidia_scaling, statistics
+from runtime.torchvision_compat import ensure_torchvision
 from tests.helpers import SHARED_DATA, read_legacy_prefix
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from facedata.errors import DataError
-from facedata.pool import WorkerDiedError
 from facedata.prepared import PreparedDataset
+from infra.errors import DataError
+from infra.pool import WorkerDiedError
 from metrics.store import map_parallel
 from pipelines import anonymise, pairs
 from pipelines.layout import Layout

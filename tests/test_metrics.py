@@ -20,10 +20,9 @@ import yaml
 from PIL import Image
 
 import metrics
-from facedata.compat import ensure_torchvision
-from facedata.errors import DataError, ParamsError
-from facedata.fetch import ChecksumError
 from facedata.prepared import PreparedDataset
+from infra.errors import DataError, ParamsError
+from infra.fetch import ChecksumError
 from metrics import facenet, weights
 from metrics.fid import clean_resize, frechet_distance, kernel_inception_distance, statistics
 from metrics.pose import normalised_l1
@@ -31,6 +30,7 @@ from metrics.reid import best_threshold, cross_validate
 from pipelines import evaluate
 from pipelines.config import from_mapping
 from pipelines.layout import Layout
+from runtime.torchvision_compat import ensure_torchvision
 from tests.helpers import REPO, imported_modules, params_mapping, register_file, write_prepared, write_source
 
 REQUIRED = ["detection_dlib", "detection_mtcnn", "fid", "kid", "pose_error", "reid_facenet_casia",

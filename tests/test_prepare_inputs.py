@@ -14,8 +14,8 @@ from PIL import Image
 
 from facedata import prepare_engine
 from facedata.crops import PrepareConfig, prepare_face
-from facedata.errors import DataError
 from facedata.landmarks import LandmarkDetector
+from infra.errors import DataError
 from pipelines import prepare
 from pipelines.config import from_mapping
 from pipelines.layout import Layout

@@ -11,8 +11,8 @@ import pytest
 from facedata.crops import PrepareConfig, prepare_face
 from facedata.images import ImageError
 from facedata.landmarks import LEFT_EYE_INNER, RIGHT_EYE_INNER, LandmarkDetector
-from facedata.pool import imap_unordered
 from facedata.prepared import PreparedDataset
+from infra.pool import imap_unordered
 
 pytestmark = pytest.mark.realdata
 
@@ -82,7 +82,7 @@ def test_cnn_fallback_finds_the_faces_hog_misses(prepared_lfw, lfw_root):
     rescued = index[index["detector"] == "cnn"]
     assert 0 < len(rescued) < 0.01 * len(index) and (rescued["status"] == "ok").all()
     path = lfw_root / "lfw-deepfunneled" / rescued["key"].iloc[0]
-    # In a worker, as prepare runs it: a process that ran dlib's CNN cannot fork working CNN workers (facedata.pool).
+    # In a worker, as prepare runs it: a process that ran dlib's CNN cannot fork working CNN workers (infra.pool).
     (_, (hog_only, _)), (_, (status, face)) = sorted(imap_unordered(prepared_face, [(path, None), (path, "cnn")], 1))
     assert hog_only == "no_face" and status == "ok" and face.detector == "cnn"
     eyes = face.landmarks[[39, 42]].mean(axis=0)

@@ -8,10 +8,10 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 
-from facedata.config import load
 from facedata.datasets import LfwPair
-from facedata.errors import DataError, ParamsError
 from facedata.protocol import CelebaPairs, LfwPairs, celeba_pairs, derived_identity_list, lfw_pairs, split_counts
+from infra.errors import DataError, ParamsError
+from infra.settings import load
 
 SETTINGS = CelebaPairs()
 

@@ -36,11 +36,11 @@ from baselines.ciagan import Ciagan, CiaganConfig
 from baselines.ciagan import Generator as CiaganGenerator
 from baselines.ciagan import released as ciagan_released
 from baselines.ciagan.anonymiser import CiaganInferenceConfig
-from facedata.errors import ParamsError
-from facedata.fetch import ChecksumError, Remote
 from facedata.images import read_rgb
 from facedata.prepared import PreparedDataset
-from facedata.released import CheckpointError, LayoutMismatch, read_status, read_weights
+from infra.errors import ParamsError
+from infra.fetch import ChecksumError, Remote
+from infra.weight_files import CheckpointError, LayoutMismatch, read_status, read_weights
 from pipelines import anonymise, download_released, evaluate, report
 from pipelines.config import from_mapping
 from pipelines.layout import Layout

@@ -7,7 +7,7 @@ import math
 import pytest
 import yaml
 
-from facedata.errors import ParamsError
+from infra.errors import ParamsError
 from pipelines.config import from_mapping
 from pipelines.layout import Layout
 from pipelines.profile import apply, overlay

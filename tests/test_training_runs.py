@@ -18,10 +18,10 @@ import torch.multiprocessing as mp
 from anonygan.data import PairData
 from anonygan.model import build, load_checkpoint
 from anonygan.training import NETWORKS, Trainer
-from facedata.errors import ParamsError
 from facedata.framing import face_mask
 from facedata.prepared import PreparedDataset
-from facedata.runtime import NonFiniteLossError
+from infra.errors import ParamsError
+from runtime import NonFiniteLossError
 from tests.helpers import SMALL, pair_manifest, tiny_configs, write_prepared
 
 

@@ -26,13 +26,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import runtime
 from baselines.ciagan import released
 from baselines.ciagan.frame import network_inputs, to_crop, to_network
 from baselines.ciagan.model import CiaganConfig, Generator, load_checkpoint
 from baselines.interface import Anonymiser, FaceBatch, RunContext, register
-from facedata import runtime
-from facedata.errors import MissingInputError
-from facedata.released import released_file
+from infra.errors import MissingInputError
+from infra.weight_files import released_file
 
 
 @dataclass(frozen=True)

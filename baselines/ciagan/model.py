@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facedata import runtime
-from facedata.config import Check, at_least, even
+import runtime
+from infra.settings import Check, at_least, even
 
 CHECKPOINT_KIND, CHECKPOINT_FORMAT = "ciagan", 2
 

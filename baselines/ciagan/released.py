@@ -2,7 +2,7 @@
 
 The file is a plain state dict of the authors' `Generator()` (1,200 identities, 128 px), which
 their test.py loads strictly. Our generator registers its tensors in their order with the same
-shapes, so it maps by position (`facedata.released.map_by_position`, every pair checked). Their 42
+shapes, so it maps by position (`infra.weight_files.map_by_position`, every pair checked). Their 42
 spectrally normalised convolutions use the `nn.utils.spectral_norm` hooks, as ours: each stores
 `weight_orig` (parameter), `weight_u` and `weight_v` (buffers) and no plain `weight`; the Linear
 layers of `encode_one_hot` and the convolutions of `encode_noise` come last, as our identity
@@ -17,8 +17,8 @@ from pathlib import Path
 from torch import Tensor
 
 from baselines.ciagan.model import CiaganConfig, Generator
-from facedata.fetch import google_drive
-from facedata.released import CheckpointError, map_by_position, read_weights
+from infra.fetch import google_drive
+from infra.weight_files import CheckpointError, map_by_position, read_weights
 
 RELEASED = google_drive("modelG.pth", "1j5iT-SvvbC-JRy7qvY-eEP4sLzvoh8Ut")
 

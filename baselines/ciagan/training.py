@@ -12,7 +12,7 @@ random identities, the other half two photos of one identity. Then, in order:
    composited output's embedding to the second photo's.
 
 Images are in [0, 1]; all networks use Adam (lr 1e-4, betas 0.5 / 0.999 in the authors' runs).
-The trainer follows `facedata.runtime.EpochTrainer`'s contract (checkpoints, exact resume,
+The trainer follows `runtime.EpochTrainer`'s contract (checkpoints, exact resume,
 non-finite stop, DVCLive), like AnonyGAN's.
 """
 
@@ -31,6 +31,7 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
+import runtime
 from baselines.ciagan.anonymiser import render_planes
 from baselines.ciagan.frame import network_inputs, random_boxes, to_network
 from baselines.ciagan.model import (
@@ -42,10 +43,9 @@ from baselines.ciagan.model import (
     Siamese,
     contrastive_loss,
 )
-from facedata import runtime
-from facedata.config import FieldError, above, at_least, even
-from facedata.errors import DataError
 from facedata.prepared import PreparedDataset
+from infra.errors import DataError
+from infra.settings import FieldError, above, at_least, even
 
 NETWORKS = ("generator", "discriminator", "siamese")
 LOSS_NAMES = ("siamese", "discriminator", "generator_gan", "generator_identity")
@@ -70,7 +70,7 @@ class TrainingConfig:
     checkpoint_every: Annotated[int, at_least(1)] = 5  # epochs
     sample_every: Annotated[int, at_least(1)] = 10  # epochs between sample images
     precision: Literal["bf16", "fp32"] = "fp32"  # fp32 (the authors') | bf16 autocast on CUDA; CPU always runs fp32
-    resume: Literal["same_settings", "continue"] = "same_settings"  # see facedata.runtime.EpochTrainer.resume
+    resume: Literal["same_settings", "continue"] = "same_settings"  # see runtime.EpochTrainer.resume
 
     def __post_init__(self) -> None:
         if self.augment_crop is not None and not self.augment_crop[0] <= self.augment_crop[1] <= 1:

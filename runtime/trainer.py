@@ -1,4 +1,4 @@
-"""The torch runtime shared by trainers, inference and metrics: device, precision, updates, processes, checkpoints.
+"""The training loop's contract: checkpoints, resume, finiteness checks and DVCLive around a trainer's epochs.
 
 `EpochTrainer` is the contract both trainers (AnonyGAN, CIAGAN) follow: an epoch is a fixed
 number of steps whose batches depend only on (seed, epoch); a checkpoint every `checkpoint_every`
@@ -14,153 +14,26 @@ summed over them (`sum_gradients`), only the first process writes checkpoints an
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from PIL import Image
 from tqdm import tqdm
 
-from facedata.atomic import atomic_path
-from facedata.errors import DataError, ParamsError, SuiteError
-from facedata.pool import WorkerDiedError
-
-PRECISIONS = ("fp32", "bf16")
+from infra.atomic import atomic_path
+from infra.errors import ParamsError, SuiteError
+from infra.pool import WorkerDiedError
+from runtime.checkpoints import comparable, load_checkpoint
+from runtime.distributed import barrier, world
 
 
 class NonFiniteLossError(SuiteError, RuntimeError):
     """A loss became NaN or infinite; the last checkpoint on disk is still the last good state."""
-
-
-def default_device() -> torch.device:
-    """CUDA when present, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def memory_format(device: torch.device) -> torch.memory_format:
-    """Channels-last on CUDA (tensor cores), contiguous on CPU."""
-    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when `precision` is bf16; fp32 (no autocast) otherwise and on CPU."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and precision == "bf16")
-
-
-def update(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-    """One optimiser step on `loss`: clear gradients, backpropagate, step."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-
-
-# -- several processes (torchrun) ---------------------------------------------------------------
-
-
-def world() -> tuple[int, int]:
-    """(rank of this process, number of processes) of the process group; (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def launched_processes() -> int:
-    """How many processes torchrun started for this run (its WORLD_SIZE); 1 without torchrun."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-@contextlib.contextmanager
-def process_group() -> Iterator[torch.device]:
-    """The device of this process, inside torchrun's process group when it started several.
-
-    CUDA processes use NCCL and GPU LOCAL_RANK; CPU processes use gloo. One process needs no group.
-    """
-    if launched_processes() == 1:
-        yield default_device()
-        return
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    try:
-        yield device
-    finally:
-        dist.destroy_process_group()
-
-
-def sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
-    """`tensor` summed over the processes, in place; unchanged in one process."""
-    if world()[1] > 1:
-        dist.all_reduce(tensor)
-    return tensor
-
-
-def sum_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
-    """Each gradient summed over the processes in one all-reduce (missing gradients count as 0)."""
-    if world()[1] == 1:
-        return
-    parameters = list(parameters)
-    for parameter in parameters:
-        if parameter.grad is None:
-            parameter.grad = torch.zeros_like(parameter)
-    gradients = [parameter.grad for parameter in parameters]
-    flat = sum_over_processes(torch.cat([gradient.reshape(-1) for gradient in gradients]))
-    for gradient, summed in zip(gradients, flat.split([g.numel() for g in gradients]), strict=True):
-        gradient.copy_(summed.view_as(gradient))
-
-
-def barrier() -> None:
-    """Wait for every process (no-op in one process)."""
-    if world()[1] > 1:
-        dist.barrier()
-
-
-@contextlib.contextmanager
-def frozen(*modules: torch.nn.Module) -> Iterator[None]:
-    """No parameter gradients for `modules` inside the block; gradients still flow through them."""
-    states = [[p.requires_grad for p in module.parameters()] for module in modules]
-    for module in modules:
-        module.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for module, flags in zip(modules, states, strict=True):
-            for parameter, flag in zip(module.parameters(), flags, strict=True):
-                parameter.requires_grad_(flag)
-
-
-def load_checkpoint(path: Path, kind: str, format_version: int) -> dict[str, Any]:
-    """A checkpoint dict written by `EpochTrainer.save`, on CPU; a DataError naming the file otherwise.
-
-    Memory-mapped: inference reads only the tensors it needs, not the optimiser states.
-    """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # torch raises many types for truncated, corrupt or foreign files
-        raise DataError(f"{path} is not a readable {kind} checkpoint ({type(error).__name__}: {error}); "
-                        "delete it and re-run its train stage") from error
-    if not isinstance(state, dict) or state.get("format") != format_version or state.get("kind") != kind:
-        raise DataError(f"{path} is not a {kind} checkpoint (format {format_version}); "
-                        "delete it and re-run its train stage")
-    return state
-
-
-def comparable(settings: dict[str, Any], ignored: set[str] = frozenset()) -> dict[str, Any]:
-    """Settings without the `ignored` keys, tuples as lists (as they come back from a checkpoint)."""
-    return {key: comparable(value) if isinstance(value, dict)
-            else list(value) if isinstance(value, tuple) else value
-            for key, value in settings.items() if key not in ignored}
 
 
 class EpochTrainer(ABC):

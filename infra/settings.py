@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from facedata.errors import ParamsError
+from infra.errors import ParamsError
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow
 from tqdm import tqdm
 
-from facedata.atomic import write_table
+from infra.atomic import write_table
 
 
 class Journal:

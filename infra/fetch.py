@@ -21,8 +21,8 @@ from typing import Annotated
 import requests
 from tqdm import tqdm
 
-from facedata.config import above, at_least
-from facedata.errors import DataError, SuiteError
+from infra.errors import DataError, SuiteError
+from infra.settings import above, at_least
 
 CHUNK = 1 << 20
 GOOGLE_DRIVE = "https://drive.usercontent.google.com/download?export=download&confirm=t&id="

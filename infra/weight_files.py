@@ -34,8 +34,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from facedata.atomic import write_json
-from facedata.errors import DataError, MissingInputError, NotAvailableError
+from infra.atomic import write_json
+from infra.errors import DataError, MissingInputError, NotAvailableError
 
 #: The only globals a file may bring to life. Storage classes never get this far: torch.load's own
 #: unpickler turns every "...Storage" name into an inert storage type first.
