@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
 import runtime
+from anonygan.config import InferenceConfig, ModelConfig
 from anonygan.data import NetworkInputs, to_uint8
-from anonygan.model import Generator, ModelConfig, composite, load_checkpoint
+from anonygan.model import Generator, composite, load_checkpoint
 from infra.errors import DataError
-
-
-@dataclass(frozen=True)
-class InferenceConfig:
-    """How a trained generator anonymises the test sets (params `baselines.anonygan`)."""
-
-    # raw: the whole generator output, as the authors' test script saved it | composited: only the
-    # face region (mask) comes from the generator, the rest is the source crop.
-    output: Literal["raw", "composited"] = "raw"
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on CUDA only; CPU always runs fp32
 
 
 class AnonyGANInference:

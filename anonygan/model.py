@@ -13,59 +13,17 @@ the graph blocks work at that size, the decoders bring it back.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 import runtime
-from facedata.landmarks import LANDMARK_SETS
-from infra.settings import at_least, between, odd
+from anonygan.config import ModelConfig
 
 CHECKPOINT_KIND, CHECKPOINT_FORMAT = "anonygan", 3
-
-#: The encoders halve the crop twice and the decoders double it back, so crop sides are multiples of 4.
-SIDE_MULTIPLE = 4
-#: The PatchGANs shrink a side s to floor(s / 16) - 2 logits (four stride-2 and two stride-1 4x4 convs);
-#: at least one logit needs s >= 48.
-SMALLEST_SIDE = 48
-
-
-def crop_size_problem(height: int, width: int) -> str | None:
-    """Why AnonyGAN's networks cannot take (height, width) crops, or None."""
-    for name, side in (("height", height), ("width", width)):
-        if side % SIDE_MULTIPLE or side < SMALLEST_SIDE:
-            fitting = max(SMALLEST_SIDE, round(side / SIDE_MULTIPLE) * SIDE_MULTIPLE)
-            return (f"crop_{name} = {side}: AnonyGAN needs crop sides that are multiples of {SIDE_MULTIPLE} (its "
-                    f"encoders halve the crop twice, its decoders double it back) and at least {SMALLEST_SIDE} px "
-                    f"(its PatchGAN discriminators need one output cell), e.g. {fitting}")
-    return None
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture of one variant. Defaults are the authors' full model (about 28.4 M parameters)."""
-
-    landmarks: Literal[68, 29] = 68  # 68 | 29 (CIAGAN's subset)
-    landmark_attention: bool = True  # eq. (1); off in the (CM,LA) ablation rows
-    base_channels: Annotated[int, at_least(2)] = 64  # encoder width; the graph blocks work at 4x this
-    graph_blocks: Annotated[int, at_least(1)] = 6  # K
-    attention_kernel: Annotated[int, odd, at_least(1)] = 3  # J in eq. (1)
-    dropout: Annotated[float, between(0.0, 0.99)] = 0.5
-    discriminator_channels: Annotated[int, at_least(1)] = 64
-    # Authors' code: I_g = G * A + I_sc * (1 - A); the paper: I_g = I_c * A + G * (1 - A).
-    output_blend: Literal["context", "condition"] = "context"
-    # The attention decoder's last 1x1 layer: conv_transpose (authors' code, ConvTranspose2d(64, 1, 1): default
-    # init U(-1, 1), weight [64, 1, 1, 1]) | conv (Conv2d(64, 1, 1): U(-1/8, 1/8), weight [1, 64, 1, 1]); same map.
-    attention_output: Literal["conv_transpose", "conv"] = "conv_transpose"
-
-    @property
-    def landmark_indices(self) -> tuple[int, ...]:
-        return LANDMARK_SETS[self.landmarks]
-
 
 class LandmarkAttention(nn.Module):
     """Eq. (1), Efficient Channel Attention: w = sigmoid(Conv1D_J(GAP(maps))), maps * w.

@@ -11,12 +11,12 @@ Which variant it is, the README does not say; `detect_variant` reads it from the
 2 x L in `G.stream2_down.1.weight` (136 or 58) and 3 + L in `D_pose.down1.0.weight` (71 or 32).
 
 Our generator and discriminators register their tensors in the authors' order, so the weights map
-by position (`infra.weight_files.map_by_position`, every pair checked). One layer differs: the
-authors' attention decoder ends in `ConvTranspose2d(64, 1, 1)` (`G.conv_att3.weight`, 64 x 1 x 1 x 1,
-in x out), ours in `Conv2d(64, 1, 1)` (1 x 64 x 1 x 1, out x in). A 1x1, stride-1, unpadded
-transposed convolution is that convolution with the weight's first two dimensions swapped (flipping
-a 1x1 kernel changes nothing), so the weight is transposed on the way in; were our layer a
-ConvTranspose2d, it would be copied as it is.
+by position (`infra.weight_files.map_by_position`, every pair checked). The attention decoder's
+last layer is the authors' `ConvTranspose2d(64, 1, 1)` (`G.conv_att3.weight`, 64 x 1 x 1 x 1, in x
+out) by default (`model.attention_output: conv_transpose`), so its weight is copied as it is. With
+`attention_output: conv` ours is `Conv2d(64, 1, 1)` (1 x 64 x 1 x 1, out x in): a 1x1, stride-1,
+unpadded transposed convolution is that convolution with the weight's first two dimensions swapped
+(flipping a 1x1 kernel changes nothing), so then the weight is transposed on the way in.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from anonygan.model import Generator, ModelConfig, PatchDiscriminator, build
+from anonygan.config import ModelConfig
+from anonygan.model import Generator, PatchDiscriminator, build
 from infra.errors import DataError
 from infra.fetch import google_drive
 from infra.weight_files import LayoutMismatch, map_by_position, read_weights

@@ -14,9 +14,9 @@ continues exactly as an uninterrupted one (on CPU).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,85 +27,12 @@ from tqdm import tqdm
 
 import runtime
 from anonygan import losses
+from anonygan.config import ModelConfig, TrainConfig
 from anonygan.data import NetworkInputs, PairData, hybrid_batches, to_uint8
-from anonygan.model import CHECKPOINT_FORMAT, CHECKPOINT_KIND, ModelConfig, build
-from infra.errors import ParamsError
-from infra.settings import FieldError, above, at_least
+from anonygan.model import CHECKPOINT_FORMAT, CHECKPOINT_KIND, build
 
 LOSS_NAMES = ("g_adversarial", "g_pose", "g_wfm", "g_reconstruction", "g_total", "d_app", "d_lm")
 NETWORKS = ("generator", "d_app", "d_lm")
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    """Authors' final runs: l_gan 1, l_pose 1, l_wfm 1, l_rec 10."""
-
-    adversarial: Annotated[float, at_least(0)] = 1.0
-    pose: Annotated[float, at_least(0)] = 1.0
-    wfm: Annotated[float, at_least(0)] = 1.0
-    reconstruction: Annotated[float, at_least(0)] = 10.0
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    seed: Annotated[int, at_least(0)] = 0
-    epochs: Annotated[int, at_least(1)] = 700
-    samples_per_epoch: Annotated[int, at_least(1)] = 4096  # the authors' epoch: 4,096 random pairs
-    batch_size: Annotated[int, at_least(1)] = 32  # samples per micro-batch, BatchNorm's batch (per GPU in the authors')
-    batches_per_step: Annotated[int, at_least(1)] = 2  # micro-batches per optimiser step (the authors: 2 GPUs x 32)
-    processes: Annotated[int, at_least(1)] = 1  # torchrun --nproc_per_node (GPUs); divides batches_per_step
-    lr_generator: Annotated[float, above(0)] = 2e-4
-    lr_discriminator: Annotated[float, above(0)] = 2e-6
-    betas: tuple[Annotated[float, at_least(0)], Annotated[float, at_least(0)]] = (0.5, 0.999)
-    lr_decay_start_epoch: Annotated[int, at_least(0)] = 500  # constant until here, then linear to 0 at the end
-    lr_schedule: Literal["authors", "epochwise"] = "authors"  # see lr_factor
-    context_matching: bool = True  # the wFM term
-    wfm_samples: Literal["all", "different"] = "all"  # all (authors' code) | different (different-image pairs: paper)
-    wfm_layer_weight: Annotated[float, at_least(0)] = 0.8  # each D_app layer's L1: 4 / (4 + 1) (authors' code)
-    landmark_maps: Literal["resized", "one_hot"] = "resized"  # resized (authors' training loader) | one_hot (test)
-    reconstruction_region: Literal["image", "face"] = "image"  # image (paper; authors' code in effect) | face
-    weights: LossWeights = field(default_factory=LossWeights)
-    checkpoint_every: Annotated[int, at_least(1)] = 5  # epochs
-    sample_every: Annotated[int, at_least(1)] = 10  # epochs; a sample grid of fixed pairs
-    workers: Annotated[int, at_least(0)] = 2  # data loader processes
-    precision: Literal["bf16", "fp32"] = "fp32"  # fp32 (the authors') | bf16 autocast on CUDA; CPU always runs fp32
-    resume: Literal["same_settings", "continue"] = "same_settings"  # see runtime.EpochTrainer.resume
-
-    def __post_init__(self):
-        if self.samples_per_epoch < self.step_samples:
-            raise FieldError("samples_per_epoch", f"({self.samples_per_epoch}) must be at least batch_size x "
-                                                  f"batches_per_step ({self.step_samples})")
-        if self.batches_per_step % self.processes:
-            raise FieldError("processes", f"({self.processes}) must divide batches_per_step "
-                                          f"({self.batches_per_step}): each process takes an equal share of a step")
-        if any(beta >= 1 for beta in self.betas):
-            raise FieldError("betas", f"must both be below 1; got {list(self.betas)}")
-
-    @property
-    def step_samples(self) -> int:
-        """Samples per optimiser step, over all processes."""
-        return self.batch_size * self.batches_per_step
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.samples_per_epoch // self.step_samples
-
-    def lr_factor(self, epoch: int, step: int) -> float:
-        """The learning-rate factor of step `step` of epoch `epoch` (both from 0).
-
-        Constant 1, then linear: factor(e) = 1 - max(0, e + k - start) / (epochs - start + 1).
-        authors: their LambdaLR (k = 2) stepped after every batch with the epoch number, so an epoch's
-        first step still runs at the previous epoch's factor and the last epoch trains at 0 after its
-        first step. epochwise: k = 1 for the whole epoch, so the last epoch trains at 1 / (epochs - start + 1).
-        With no epoch after the start the rate stays constant.
-        """
-        span = self.epochs - self.lr_decay_start_epoch + 1
-        if span <= 1:
-            return 1.0
-        if self.lr_schedule == "epochwise":
-            return 1.0 - max(0, epoch + 1 - self.lr_decay_start_epoch) / span
-        factor_epoch = epoch - 1 if step == 0 and epoch > 0 else epoch
-        return 1.0 - max(0, factor_epoch + 2 - self.lr_decay_start_epoch) / span
 
 
 class Trainer(runtime.EpochTrainer):
@@ -127,10 +54,8 @@ class Trainer(runtime.EpochTrainer):
         self.device = device or runtime.default_device()
         self.memory_format = runtime.memory_format(self.device)
         self.autocast = runtime.autocast(self.device, config.precision)
-        if config.batches_per_step % self.processes:
-            raise ParamsError(f"train.batches_per_step ({config.batches_per_step}) must be a multiple of the "
-                              f"number of processes ({self.processes})")
-        self.batches_per_process = config.batches_per_step // self.processes
+        # The stage launched train.processes processes, which TrainConfig checked divides batches_per_step.
+        self.batches_per_process = config.batches_per_step // self.world_size
 
         torch.manual_seed(config.seed)
         networks = build(model_config)
@@ -174,7 +99,7 @@ class Trainer(runtime.EpochTrainer):
         Each gradient is the mean over the step's micro-batches of every process; `seeds` (one per
         micro-batch) fix the dropout masks. Returns the losses, averaged the same way and detached.
         """
-        share = 1.0 / (len(batches) * self.processes)
+        share = 1.0 / (len(batches) * self.world_size)
         totals = dict.fromkeys(LOSS_NAMES, torch.zeros((), device=self.device))
         generated = []
         self.optimizers["generator"].zero_grad(set_to_none=True)

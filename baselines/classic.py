@@ -21,15 +21,12 @@ Definitions (docs/decisions.md, "Baselines"):
 from __future__ import annotations
 
 import functools
-import typing
-from dataclasses import dataclass
-from typing import Annotated, Literal
 
 import numpy as np
 import torch
 
-from baselines.interface import Anonymiser, FaceBatch, RunContext, register
-from infra.settings import above, at_least, odd
+from baselines.interface import Anonymiser, FaceBatch, RunContext
+from baselines.settings import BlurConfig, CellColour, Grid, PixelateConfig
 
 
 def opencv_sigma(kernel_size: int) -> float:
@@ -71,16 +68,9 @@ def blur_inside(images: np.ndarray, masks: np.ndarray, kernel_size: int, sigma: 
     return np.where(masks[..., None], blurred, images)
 
 
-Grid = Literal["crop", "mask_box"]
-CellColour = Literal["linear", "mean", "nearest"]
-
-
-def pixelate_inside(images: np.ndarray, masks: np.ndarray, cells: int, grid: str = "crop",
-                    colour: str = "linear") -> np.ndarray:
+def pixelate_inside(images: np.ndarray, masks: np.ndarray, cells: int, grid: Grid = "crop",
+                    colour: CellColour = "linear") -> np.ndarray:
     """(N, H, W, 3) uint8 with a cells x cells mosaic of the crop (or of each mask's box) inside the mask."""
-    if grid not in typing.get_args(Grid) or colour not in typing.get_args(CellColour):
-        raise ValueError(f"grid must be one of {typing.get_args(Grid)} and colour one of "
-                         f"{typing.get_args(CellColour)}; got {grid!r}, {colour!r}")
     n, height, width = masks.shape
     if grid == "mask_box":
         (top, bottom), (left, right) = _extent(masks.any(axis=2)), _extent(masks.any(axis=1))
@@ -149,17 +139,8 @@ def _cell_of(positions: np.ndarray, start: np.ndarray, stop: np.ndarray, cells: 
     return cell, (relative >= 0) & (positions[None, :] < stop[:, None])
 
 
-@dataclass(frozen=True)
-class BlurConfig:
-    kernel_size: Annotated[int, odd, at_least(1)] = 101  # paper: 101 x 101 Gaussian kernel over the face mask
-    sigma: Annotated[float, above(0)] | None = None  # None: OpenCV's rule 0.3 * ((k - 1) / 2 - 1) + 0.8
-
-
-@register("blur")
 class Blur(Anonymiser):
     """Gaussian blur of the face region (paper: 101 x 101 kernel)."""
-
-    Settings = BlurConfig
 
     def __init__(self, config: BlurConfig = BlurConfig()):
         self.kernel_size = config.kernel_size
@@ -173,21 +154,8 @@ class Blur(Anonymiser):
         return blur_inside(batch.source, batch.source_mask, self.kernel_size, self.sigma)
 
 
-@dataclass(frozen=True)
-class PixelateConfig:
-    cells: Annotated[int, at_least(1)] = 10  # paper "10 x 10": a cells x cells grid
-    # crop: the grid spans the whole crop (cells 22 x 18 px; reproduces the paper's detection rates) | mask_box:
-    # it spans the face mask's bounding box (cells ~10 px; MTCNN still finds 94-98 % of the faces)
-    grid: Grid = "crop"
-    # linear: bilinear sample at the cell centre (cv2.resize's default) | mean: mean of the cell | nearest: centre pixel
-    colour: CellColour = "linear"
-
-
-@register("pixelate")
 class Pixelate(Anonymiser):
     """Mosaic of the face region (paper: 10 x 10)."""
-
-    Settings = PixelateConfig
 
     def __init__(self, config: PixelateConfig = PixelateConfig()):
         self.cells, self.grid, self.colour = config.cells, config.grid, config.colour

@@ -6,12 +6,12 @@ prepared crops, composited as the method intends); they are returned as they are
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from baselines.interface import Anonymiser, FaceBatch, RunContext, register
+from baselines.interface import Anonymiser, FaceBatch, RunContext
+from baselines.settings import FolderConfig
 from facedata.images import read_rgb
 from infra.errors import DataError, MissingInputError, ParamsError
 
@@ -19,16 +19,8 @@ from infra.errors import DataError, MissingInputError, ParamsError
 _LISTED = 5
 
 
-@dataclass(frozen=True)
-class FolderConfig:
-    root: str | None = None  # third-party anonymised crops: <root>/<dataset>/<pair_id>.png
-
-
-@register("folder")
 class FolderAnonymiser(Anonymiser):
     """Reads `<directory>/<pair_id>.png` for each face of a batch."""
-
-    Settings = FolderConfig
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)

@@ -1,35 +1,37 @@
 """The anonymiser interface: a batch of prepared faces in, anonymised 220x180 crops out.
 
 Every method of the benchmark (blurring, pixelation, CIAGAN, the AnonyGAN variants, images a
-third-party method wrote) is a class registered under its method name, so the anonymise stage
-runs them all the same way:
+third-party method wrote) is a class named in `baselines.catalogue`, so the anonymise stage runs
+them all the same way:
 
     anonymiser = create("blur", BlurConfig(kernel_size=101), RunContext(method="blur", dataset="celeba"))
     crops = anonymiser.anonymise(batch)          # (N, H, W, 3) uint8, composited into the source
 
-Adding a method takes one class:
+Adding a method takes one class and one catalogue entry:
 
-    @register("my-method")
-    class MyMethod(Anonymiser):
+    class MyMethod(Anonymiser):                      # in my_package/my_method.py
         def anonymise(self, batch: FaceBatch) -> np.ndarray:
             ...
 
+    ANONYMISERS["my-method"] = Entry("my_package.my_method:MyMethod", "my_package/my_method.py")
+
 `from_config` builds it from its typed settings (the params section its `methods` entry names,
-loaded into the class's `Settings`) and what the stage knows (dataset, identities, checkpoint);
-the default calls the class without arguments.
+loaded into the entry's settings class) and what the stage knows (dataset, identities,
+checkpoint); the default calls the class without arguments.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from baselines import catalogue
 from facedata.prepared import PreparedDataset
 from infra.errors import DataError
 
@@ -90,12 +92,8 @@ class RunContext:
 class Anonymiser(ABC):
     """One anonymisation method. Instances may hold models; `anonymise` may be called many times.
 
-    `Settings` is the settings class of the method's params section (None: it takes none).
-    `released_model` names the authors' release it loads (`released.<method>.model`; None: none).
+    Its settings class and the authors' release it loads are in its `baselines.catalogue` entry.
     """
-
-    Settings: ClassVar[type | None] = None
-    released_model: ClassVar[str | None] = None
 
     @classmethod
     def from_config(cls, settings: Any, context: RunContext) -> Anonymiser:
@@ -107,43 +105,14 @@ class Anonymiser(ABC):
         """(N, H, W, 3) uint8 anonymised crops in the source frame, composited into the source crop."""
 
 
-A = TypeVar("A", bound=type[Anonymiser])
-_REGISTRY: dict[str, type[Anonymiser]] = {}
-
-
-def register(*names: str) -> Callable[[A], A]:
-    """Class decorator: make the class available to `create` under each of `names`."""
-
-    def decorate(cls: A) -> A:
-        for name in names:
-            if name in _REGISTRY and _REGISTRY[name] is not cls:
-                raise ValueError(f"anonymiser {name!r} is already registered by {_REGISTRY[name].__name__}")
-            _REGISTRY[name] = cls
-        return cls
-
-    return decorate
-
-
-def available() -> list[str]:
-    """Registered method names, sorted."""
-    return sorted(_REGISTRY)
-
-
-def anonymiser_class(name: str) -> type[Anonymiser]:
-    """The class registered as `name`; a KeyError listing the registered names otherwise."""
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown anonymiser {name!r}; registered: {', '.join(available())}")
-    return _REGISTRY[name]
-
-
 def create(name: str, settings: Any = None, context: RunContext | None = None) -> Anonymiser:
-    """The anonymiser registered as `name`, built from its settings (default: the class's defaults)."""
-    cls = anonymiser_class(name)
-    if settings is None and cls.Settings is not None:
-        settings = cls.Settings()
-    if cls.Settings is not None and not isinstance(settings, cls.Settings):
-        raise TypeError(f"anonymiser {name!r} takes {cls.Settings.__name__} settings, got {type(settings).__name__}")
-    return cls.from_config(settings, context or RunContext(method=name, dataset=""))
+    """The anonymiser `name` of the catalogue, built from its settings (default: the settings class's defaults)."""
+    entry = catalogue.entry(name)
+    if settings is None and entry.settings is not None:
+        settings = entry.settings()
+    if entry.settings is not None and not isinstance(settings, entry.settings):
+        raise TypeError(f"anonymiser {name!r} takes {entry.settings.__name__} settings, got {type(settings).__name__}")
+    return entry.load().from_config(settings, context or RunContext(method=name, dataset=""))
 
 
 def check_output(batch: FaceBatch, images: np.ndarray, method: str) -> np.ndarray:

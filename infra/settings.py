@@ -210,5 +210,15 @@ def to_dict(settings: Any) -> dict[str, Any]:
 
 
 def replaced(settings: Any, changes: Mapping[str, Any], where: str) -> Any:
-    """A copy of `settings` with `changes` applied, checked like a loaded section (errors name `where`)."""
-    return load(type(settings), {**to_dict(settings), **changes}, where)
+    """A copy of `settings` with `changes` applied, each checked like a loaded value (errors name `where`)."""
+    cls = type(settings)
+    hints = _hints(cls)
+    fields = {field.name for field in dataclasses.fields(cls) if field.init and field.metadata.get("params", True)}
+    unknown = sorted(set(map(str, changes)) - fields)
+    if unknown:
+        raise ParamsError(f"{join(where, unknown[0])} is not a setting; {where} has {', '.join(sorted(fields))}")
+    values = {name: convert(hints[name], value, join(where, name)) for name, value in changes.items()}
+    try:
+        return dataclasses.replace(settings, **values)
+    except FieldError as error:
+        raise ParamsError(f"{join(where, error.field)} {error.message}") from None

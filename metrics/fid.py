@@ -17,23 +17,19 @@ FID is sensitive to feature precision, so no autocast.
 
 from __future__ import annotations
 
-import typing
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
 from facedata.images import read_rgb
-from infra.settings import at_least
 from metrics import inception, weights
-from metrics.registry import MetricInputs, register
+from metrics.options import FidOptions, KidOptions, Resize
+from metrics.registry import MetricInputs
 from metrics.store import cached_features, content_digest
 
-Resize = Literal["clean", "legacy_pytorch"]
-RESIZE_MODES = typing.get_args(Resize)
 INCEPTION_SIZE = 299
 FEATURES = 2048
 CACHE_VERSION = 2  # bump when the features of a file change (2: NVIDIA scaling in clean mode)
@@ -54,9 +50,7 @@ def nvidia_scaling(batch: torch.Tensor) -> torch.Tensor:
 class InceptionFeatures:
     """Pool3 features of image files, batched, on CUDA when available."""
 
-    def __init__(self, resize: str, device: torch.device, batch_size: int):
-        if resize not in RESIZE_MODES:
-            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+    def __init__(self, resize: Resize, device: torch.device, batch_size: int):
         self.weights = weights.inception_weights()
         legacy = resize == "legacy_pytorch"
         network = inception.network(self.weights, resize_input=legacy, normalize_input=legacy)
@@ -156,18 +150,15 @@ def _feature_sets(inputs: MetricInputs, resize: str) -> tuple[np.ndarray, np.nda
     return real, fake, {"n": len(fake), "n_real": len(real), "weights": extractor.weights.record(), "skipped": skipped}
 
 
-@register
-def fid(inputs: MetricInputs, *, resize: Resize = "clean") -> dict:
+def fid(inputs: MetricInputs, options: FidOptions) -> dict:
     """Frechet Inception distance between the anonymised images and the dataset's real test crops."""
-    real, fake, counts = _feature_sets(inputs, resize)
+    real, fake, counts = _feature_sets(inputs, options.resize)
     return {"value": frechet_distance(*statistics(real), *statistics(fake)), **counts}
 
 
-@register
-def kid(inputs: MetricInputs, *, resize: Resize = "clean", subsets: Annotated[int, at_least(1)] = 100,
-        subset_size: Annotated[int, at_least(2)] = 1000, seed: Annotated[int, at_least(0)] = 0) -> dict:
+def kid(inputs: MetricInputs, options: KidOptions) -> dict:
     """Kernel Inception distance (unbiased at small N), mean and std over seeded subsets (std only when they differ)."""
-    real, fake, counts = _feature_sets(inputs, resize)
-    mean, std, size, drawn = kernel_inception_distance(real, fake, subsets=subsets, subset_size=subset_size,
-                                                       seed=seed)
+    real, fake, counts = _feature_sets(inputs, options.resize)
+    mean, std, size, drawn = kernel_inception_distance(real, fake, subsets=options.subsets,
+                                                       subset_size=options.subset_size, seed=options.seed)
     return {"value": mean, "std": std, "subset_size": size, "subsets": drawn, **counts}

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
@@ -21,16 +20,13 @@ import torch
 
 from facedata.images import read_rgb
 from facedata.landmarks import LEFT_EYE_OUTER, RIGHT_EYE_OUTER
-from infra.settings import unit_interval
 from metrics.dlib_faces import hog_faces
 from metrics.fan import fan_faces
-from metrics.registry import MetricInputs, lookup, register
+from metrics.options import MtcnnOptions, NoOptions, PoseOptions
+from metrics.registry import MetricInputs, lookup
 from metrics.store import cached_features, content_digest
 from runtime.torchvision_compat import ensure_torchvision
 
-Detector = Literal["dlib", "fan"]
-Reference = Literal["detected", "prepared"]
-Normalisation = Literal["paper_code", "euclidean"]
 MTCNN_CACHE_VERSION = 1  # bump when the face counts of a file change
 
 
@@ -43,12 +39,7 @@ def normalised_l1(detected: np.ndarray, reference: np.ndarray, normalisation: st
     """
     detected, reference = np.asarray(detected, np.float64), np.asarray(reference, np.float64)
     corners = reference[:, RIGHT_EYE_OUTER] - reference[:, LEFT_EYE_OUTER]
-    if normalisation == "paper_code":
-        scale = np.abs(corners).mean(axis=1)
-    elif normalisation == "euclidean":
-        scale = np.linalg.norm(corners, axis=1)
-    else:
-        raise ValueError(f"normalisation must be 'paper_code' or 'euclidean', got {normalisation!r}")
+    scale = np.abs(corners).mean(axis=1) if normalisation == "paper_code" else np.linalg.norm(corners, axis=1)
     return np.abs(detected - reference).mean(axis=(1, 2)) / scale
 
 
@@ -71,20 +62,19 @@ def _reference_landmarks(inputs: MetricInputs, rows: pd.DataFrame, detector: str
     return faces[:, 0] > 0, faces[:, 1:].reshape(-1, 68, 2)
 
 
-@register
-def pose_error(inputs: MetricInputs, *, detector: Detector = "dlib", reference: Reference = "detected",
-               normalisation: Normalisation = "paper_code") -> dict:
+def pose_error(inputs: MetricInputs, options: PoseOptions) -> dict:
     """Landmark error of each anonymised image against its original photo (see the module doc).
 
     Pairs where either image has no detected face are left out of the mean (as the authors
     did) and counted: `n_failed` pairs, `failed` per image kind.
     """
+    detector = options.detector
     rows, skipped = inputs.evaluable()
     faces, record = detected_faces(detector, [inputs.image_path(pair_id) for pair_id in rows["pair_id"]], inputs)
     found = faces[:, 0] > 0
-    reference_found, reference_landmarks = _reference_landmarks(inputs, rows, detector, reference)
+    reference_found, reference_landmarks = _reference_landmarks(inputs, rows, detector, options.reference)
     usable = found & reference_found
-    errors = normalised_l1(faces[usable, 1:].reshape(-1, 68, 2), reference_landmarks[usable], normalisation)
+    errors = normalised_l1(faces[usable, 1:].reshape(-1, 68, 2), reference_landmarks[usable], options.normalisation)
     failed = Counter({"no face in the anonymised image": int((~found).sum()),
                       "no face in the original": int((~reference_found).sum())})
     return {"value": float(errors.mean()) if len(errors) else float("nan"),
@@ -96,8 +86,7 @@ def pose_error(inputs: MetricInputs, *, detector: Detector = "dlib", reference: 
             "per_pair": pd.DataFrame({"pair_id": rows["pair_id"].to_numpy()[usable], "pose_error": errors})}
 
 
-@register
-def detection_dlib(inputs: MetricInputs) -> dict:
+def detection_dlib(inputs: MetricInputs, options: NoOptions) -> dict:
     """Share of anonymised images where dlib's HOG detector (upsample 1) finds at least one face."""
     rows, skipped = inputs.evaluable()
     faces = hog_faces([inputs.image_path(pair_id) for pair_id in rows["pair_id"]], inputs.cache, inputs.workers)
@@ -107,18 +96,17 @@ def detection_dlib(inputs: MetricInputs) -> dict:
             "per_pair": pd.DataFrame({"pair_id": rows["pair_id"].to_numpy(), "detected_dlib": detected})}
 
 
-@register
-def detection_mtcnn(inputs: MetricInputs, *, threshold: Annotated[float, unit_interval] = 0.7) -> dict:
+def detection_mtcnn(inputs: MetricInputs, options: MtcnnOptions) -> dict:
     """Share of anonymised images where facenet-pytorch's MTCNN finds at least one face.
 
-    `threshold` is MTCNN's final-stage probability threshold (its default: 0.7). Same-size
-    crops go through MTCNN a batch at a time; face counts are cached by content.
+    `options.threshold` is MTCNN's final-stage probability threshold. Same-size crops go through
+    MTCNN a batch at a time; face counts are cached by content.
     """
     ensure_torchvision()
     from facenet_pytorch import MTCNN
 
     rows, skipped = inputs.evaluable()
-    mtcnn = MTCNN(keep_all=True, thresholds=[0.6, 0.7, threshold], device=inputs.torch_device)
+    mtcnn = MTCNN(keep_all=True, thresholds=[0.6, 0.7, options.threshold], device=inputs.torch_device)
     paths = [inputs.image_path(pair_id) for pair_id in rows["pair_id"]]
 
     @torch.inference_mode()
@@ -129,8 +117,8 @@ def detection_mtcnn(inputs: MetricInputs, *, threshold: Annotated[float, unit_in
             counts.extend(0 if b is None else len(b) for b in boxes)
         return np.array(counts, dtype=np.int32)
 
-    faces = cached_features(inputs.cache, f"mtcnn-{threshold}", MTCNN_CACHE_VERSION, [content_digest(p) for p in paths],
-                            count_faces)
+    faces = cached_features(inputs.cache, f"mtcnn-{options.threshold}", MTCNN_CACHE_VERSION,
+                            [content_digest(p) for p in paths], count_faces)
     detected = faces > 0
     return {"value": float(detected.mean()) if len(rows) else float("nan"), "n": len(rows),
             "n_detected": int(detected.sum()), "skipped": skipped,

@@ -1,7 +1,7 @@
 """The metric registry and the inputs every metric reads.
 
-A metric is a function `metric(inputs, **options) -> dict` registered by name. `calc`
-times it and completes its result into a plain dict:
+A metric is a function `metric(inputs, options) -> dict`, named with its options class in
+`metrics.options.METRICS`. `calc` times it and completes its result into a plain dict:
 
     {"metric": "pose_error", "value": 0.071, ..., "n": 2964, "n_skipped": 36,
      "skipped": {"no anonymised image": 36}, "options": {...}, "seconds": 41.2}
@@ -13,13 +13,8 @@ is not plain JSON; the evaluate stage writes it to its own file.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import inspect
 import time
-import typing
 from collections import Counter
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -31,8 +26,9 @@ import torch
 from PIL import Image
 
 from facedata.prepared import PreparedDataset, crop_relpath
-from infra import settings as config
+from infra import settings
 from infra.errors import DataError
+from metrics.options import available, metric  # noqa: F401  (available: re-exported beside calc)
 
 DEFAULT_CACHE = Path(".cache/metrics")
 LFW_COLUMNS = ("fold", "same", "first")
@@ -143,54 +139,19 @@ def lookup(keys: list[str], values: np.ndarray, wanted) -> np.ndarray:
     return values[[position[key] for key in wanted]]
 
 
-_METRICS: dict[str, Callable[..., dict]] = {}
+def options(name: str, **values: Any) -> Any:
+    """Metric `name`'s options with `values` changed, every value checked (a ParamsError naming a bad one)."""
+    return settings.load(metric(name).options, values, f"metrics.{name}")
 
 
-def register(function: Callable[..., dict]) -> Callable[..., dict]:
-    """Register `function` under its own name; its annotated keyword-only parameters are its options."""
-    if function.__name__ in _METRICS:
-        raise ValueError(f"metric {function.__name__!r} is registered twice")
-    _METRICS[function.__name__] = function
-    return function
-
-
-def available() -> list[str]:
-    """Names of the registered metrics."""
-    return sorted(_METRICS)
-
-
-@functools.cache
-def options_type(name: str) -> type:
-    """The metric's options as a frozen settings class (`infra.settings`), from its signature."""
-    function = _get(name)
-    hints = typing.get_type_hints(function, include_extras=True)
-    fields = [(p.name, hints[p.name], dataclasses.field(default=p.default))
-              for p in inspect.signature(function).parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
-    return dataclasses.make_dataclass(f"{name}_options", fields, frozen=True)
-
-
-def options(name: str) -> dict[str, object]:
-    """The options of metric `name` with their defaults."""
-    return dataclasses.asdict(options_type(name)())
-
-
-def load_options(name: str, settings: Mapping[str, Any] | None = None) -> Any:
-    """The metric's options from a params mapping (`metrics.<name>`), every value checked."""
-    return config.load(options_type(name), settings or {}, f"metrics.{name}")
-
-
-def calc(name: str, inputs: MetricInputs, **overrides) -> dict:
-    """Compute metric `name` on `inputs`; an unknown option or a bad value is a ParamsError naming it."""
-    function = _get(name)
-    settings = dataclasses.asdict(load_options(name, overrides))
+def calc(name: str, inputs: MetricInputs, options: Any = None) -> dict:
+    """Compute metric `name` on `inputs` with its `options` (an instance of its options class; None: the defaults)."""
+    entry = metric(name)
+    options = entry.options() if options is None else options
+    if not isinstance(options, entry.options):
+        raise TypeError(f"metric {name!r} takes {entry.options.__name__}, got {type(options).__name__}")
     start = time.perf_counter()
-    result = function(inputs, **settings)
+    result = entry.function(name)(inputs, options)
     skipped = {reason: int(count) for reason, count in sorted(result.pop("skipped", {}).items())}
     return {"metric": name, **result, "n_skipped": sum(skipped.values()), "skipped": skipped,
-            "options": settings, "seconds": round(time.perf_counter() - start, 3)}
-
-
-def _get(name: str) -> Callable[..., dict]:
-    if name not in _METRICS:
-        raise KeyError(f"unknown metric {name!r}; available: {', '.join(available())}")
-    return _METRICS[name]
+            "options": settings.to_dict(options), "seconds": round(time.perf_counter() - start, 3)}

@@ -21,20 +21,15 @@ comes with the same computation on the real source photos, the un-anonymised bas
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import pandas as pd
 
 from metrics import facenet
 from metrics.dlib_faces import descriptors
-from metrics.registry import MetricInputs, PairSet, lookup, register
+from metrics.options import NoOptions, ReidOptions
+from metrics.registry import MetricInputs, PairSet, lookup
 
 EMBEDDERS = ("dlib", *facenet.MODELS)
-#: Which real LFW photo an anonymised image is compared with: the pair's first photo, or its own source.
-LfwReference = Literal["first", "source"]
-#: How images enter FaceNet: whole, as the authors fed them, or as aligned, standardised faces.
-Preprocessing = Literal["authors", "aligned"]
 AUTHORS_CELEBA_SIDE = 256  # compute_reid: F.interpolate(b, (256, 256)), nearest
 
 
@@ -98,23 +93,19 @@ def _paper_reid(inputs: MetricInputs, model: str, lfw_reference: str, preprocess
     return {**summary, "n": len(rows), "n_matches": int(match.sum()), "skipped": skipped}
 
 
-@register
-def reid_facenet_casia(inputs: MetricInputs, *, lfw_reference: LfwReference = "first",
-                       preprocessing: Preprocessing = "authors") -> dict:
+def reid_facenet_casia(inputs: MetricInputs, options: ReidOptions) -> dict:
     """Share of anonymised images with the same FaceNet (CASIA-WebFace) top-1 class as their reference.
 
-    lfw_reference (LFW only; CelebA always uses the source photo): 'first', the pair's original
+    options.lfw_reference (LFW only; CelebA always uses the source photo): 'first', the pair's original
     first photo (the authors' code), or 'source', the anonymised photo's own original.
-    preprocessing: 'authors' (whole images, see the module doc) or 'aligned'.
+    options.preprocessing: 'authors' (whole images, see the module doc) or 'aligned'.
     """
-    return _paper_reid(inputs, "casia", lfw_reference, preprocessing)
+    return _paper_reid(inputs, "casia", options.lfw_reference, options.preprocessing)
 
 
-@register
-def reid_facenet_vggface2(inputs: MetricInputs, *, lfw_reference: LfwReference = "first",
-                          preprocessing: Preprocessing = "authors") -> dict:
+def reid_facenet_vggface2(inputs: MetricInputs, options: ReidOptions) -> dict:
     """As reid_facenet_casia, with FaceNet trained on VGGFace2."""
-    return _paper_reid(inputs, "vggface2", lfw_reference, preprocessing)
+    return _paper_reid(inputs, "vggface2", options.lfw_reference, options.preprocessing)
 
 
 # --- verification protocol --------------------------------------------------------------------
@@ -222,20 +213,17 @@ def _verification(inputs: MetricInputs, model: str) -> dict:
             "n_calibration_pairs": calibration["n_calibration_pairs"]}
 
 
-@register
-def verification_dlib(inputs: MetricInputs) -> dict:
+def verification_dlib(inputs: MetricInputs, options: NoOptions) -> dict:
     """Re-identification rate under face verification with dlib's ResNet descriptor (see module doc)."""
     return _verification(inputs, "dlib")
 
 
-@register
-def verification_facenet_casia(inputs: MetricInputs) -> dict:
+def verification_facenet_casia(inputs: MetricInputs, options: NoOptions) -> dict:
     """As verification_dlib, with FaceNet (CASIA-WebFace) embeddings."""
     return _verification(inputs, "casia")
 
 
-@register
-def verification_facenet_vggface2(inputs: MetricInputs) -> dict:
+def verification_facenet_vggface2(inputs: MetricInputs, options: NoOptions) -> dict:
     """As verification_dlib, with FaceNet (VGGFace2) embeddings."""
     return _verification(inputs, "vggface2")
 

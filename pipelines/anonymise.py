@@ -25,7 +25,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from baselines import Anonymiser, RunContext, check_output, create, identity_order, load_batch
+from baselines.interface import Anonymiser, RunContext, check_output, create, identity_order, load_batch
 from facedata.datasets import DATASETS
 from facedata.prepared import PreparedDataset
 from infra.atomic import write_json, write_table

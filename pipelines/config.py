@@ -1,14 +1,17 @@
 """params.yaml, read once into typed sections: the one configuration every stage receives.
 
 Each section is the settings class of the package that uses it (`facedata.crops.PrepareConfig`,
-`anonygan.model.ModelConfig`, `baselines.classic.BlurConfig`, a metric's options, ...), loaded by
-the generic `infra.settings.load`, so every bad value or unknown key is a `ParamsError` naming
-its dotted key. The whole file is checked when it is loaded: a stage never starts on settings
-that another stage would reject later.
+`anonygan.config.ModelConfig`, `baselines.settings.BlurConfig`, a metric's options class, ...),
+loaded by the generic `infra.settings.load`, so every bad value or unknown key is a `ParamsError`
+naming its dotted key. Every value is checked here, once: the objects that reach stages,
+anonymisers, metrics and trainers are these instances, never dicts. The whole file is checked
+when it is loaded, so a stage never starts on settings that another stage would reject later;
+checking it imports no torch and no model, method or metric code (the settings classes and the
+catalogues `baselines.catalogue` and `metrics.options` are plain dataclasses).
 
 Sections whose keys are names (variants, anonymisers, metrics, methods) are checked against what
-they name: a variant overrides `model` and `train` settings, an `anonymisers` entry is a
-registered anonymiser's settings, a `metrics` entry a registered metric's options.
+they name: a variant overrides `model` and `train` settings, an `anonymisers` entry is a catalogued
+anonymiser's settings, a `metrics` entry a catalogued metric's options.
 """
 
 from __future__ import annotations
@@ -17,39 +20,31 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
 
-import metrics
-from anonygan.model import ModelConfig, crop_size_problem
-from anonygan.training import TrainConfig
-from baselines import anonymiser_class, available
-from baselines.ciagan import CiaganConfig, TrainingConfig
+from anonygan.config import ModelConfig, TrainConfig, crop_size_problem
+from baselines import catalogue
+from baselines.ciagan.config import CiaganConfig
 from facedata.crops import PrepareConfig
 from facedata.datasets import DataConfig
 from facedata.protocol import PairsConfig
-from infra import settings as config
+from infra import settings
 from infra.errors import ParamsError
 from infra.fetch import DownloadConfig
 from infra.settings import Check, FieldError, at_least
-
-
-@dataclass(frozen=True)
-class CiaganSettings:
-    """CIAGAN's architecture and training run (`train-ciagan`)."""
-
-    model: CiaganConfig = field(default_factory=CiaganConfig)
-    train: TrainingConfig = field(default_factory=TrainingConfig)
+from metrics import options
 
 
 @dataclass(frozen=True)
 class MethodConfig:
     """One method of the tables: stages anonymise@<name> and evaluate@<name>."""
 
-    depends: str  # what the output depends on besides the data: its checkpoint, or its code (a DVC dependency)
+    code: str  # its anonymiser's code: the file or package of its catalogue entry (a DVC dependency)
+    depends: str  # what the output depends on besides the data and code: its weights (a DVC dependency)
     params: str  # the params section holding its settings (a DVC parameter), e.g. anonymisers.blur
-    anonymiser: str | None = None  # the registered anonymiser; None: the method's own name
+    anonymiser: str | None = None  # the catalogued anonymiser; None: the method's own name
     root: str | None = None  # folder anonymiser: <root>/<dataset>/<pair_id>.png
 
     def anonymiser_name(self, method: str) -> str:
@@ -77,14 +72,21 @@ class ReleasedConfig:
                     raise FieldError(name, f"is an AnonyGAN setting; {self.model}'s file has no variants")
 
 
+class Variant(NamedTuple):
+    """One AnonyGAN variant (`variants.<name>`): `model` and `train` with the entry's overrides applied."""
+
+    model: ModelConfig
+    train: TrainConfig
+
+
 @dataclass(frozen=True)
 class AnonymiseConfig:
-    batch_size: Annotated[int, at_least(1)] = 32
+    batch_size: Annotated[int, at_least(1)] = 32  # faces per anonymiser call
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    metrics: list[str] = field(default_factory=metrics.available)  # computed for every method
+    metrics: list[str] = field(default_factory=options.available)  # computed for every method
     batch_size: Annotated[int, at_least(1)] = 32
     cache: str = ".cache/metrics"  # real-set features and embeddings, keyed by content, shared by every method
 
@@ -102,13 +104,14 @@ class Params:
     pairs: PairsConfig = field(default_factory=PairsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # overrides of model and train settings
-    ciagan: CiaganSettings = field(default_factory=CiaganSettings)
+    # The overrides of model and train settings in params.yaml; loaded into each variant's settings.
+    variants: dict[str, Variant] = field(default_factory=dict, metadata={"params": False})
+    ciagan: CiaganConfig = field(default_factory=CiaganConfig)
     anonymisers: dict[str, Any] = field(default_factory=dict)  # anonymiser -> its settings (defaults filled in)
     released: dict[str, ReleasedConfig] = field(default_factory=dict)  # method -> the authors' file it loads
     methods: dict[str, MethodConfig] = field(default_factory=dict)
     anonymise: AnonymiseConfig = field(default_factory=AnonymiseConfig)
-    metrics: dict[str, Any] = field(default_factory=dict)  # registered metric -> its options (defaults filled in)
+    metrics: dict[str, Any] = field(default_factory=dict)  # metric -> its options (defaults filled in)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 
@@ -124,11 +127,11 @@ class Params:
                 raise ParamsError(f"params.yaml has no '{'.'.join(dotted.split('.')[:depth + 1])}' section")
         return node
 
-    def variant(self, name: str) -> tuple[ModelConfig, TrainConfig]:
-        """The model and training settings of AnonyGAN variant `name`: `model` and `train` with its overrides."""
+    def variant(self, name: str) -> Variant:
+        """The model and training settings of AnonyGAN variant `name`."""
         if name not in self.variants:
             raise ParamsError(f"unknown variant {name!r}: params.yaml variants has {', '.join(self.variants)}")
-        return _variant(self.model, self.train, name, self.variants[name])
+        return self.variants[name]
 
     def release(self, name: str) -> ReleasedConfig:
         if name not in self.released:
@@ -143,12 +146,13 @@ class Params:
     def anonymiser_settings(self, method: str) -> Any:
         """The typed settings the method's anonymiser takes: the section its entry names."""
         entry = self.method(method)
-        settings = self.section(entry.params)
-        expected = anonymiser_class(entry.anonymiser_name(method)).Settings
-        if expected is not None and not isinstance(settings, expected):
+        name = entry.anonymiser_name(method)
+        section = self.section(entry.params)
+        expected = catalogue.entry(name).settings
+        if expected is not None and not isinstance(section, expected):
             raise ParamsError(f"methods.{method}.params names {entry.params}, but anonymiser "
-                              f"{entry.anonymiser_name(method)!r} takes {expected.__name__} settings")
-        return settings
+                              f"{name!r} takes {expected.__name__} settings")
+        return section
 
 
 def load(path: Path) -> Params:
@@ -167,50 +171,69 @@ def load(path: Path) -> Params:
 
 
 def from_mapping(raw: Any) -> Params:
-    """Params from a plain mapping (params.yaml's content), every value checked."""
-    params = config.load(Params, raw, "")
+    """Params from a plain mapping (params.yaml's content), every value checked once."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"params.yaml must be a mapping of sections; got {raw!r}")
+    overrides = settings.convert(dict[str, dict[str, Any]], raw.get("variants", {}), "variants")
+    params = settings.load(Params, {key: value for key, value in raw.items() if key != "variants"}, "")
     problem = crop_size_problem(*params.prepare.crop_size)
     if problem:
         raise ParamsError(f"prepare.{problem}")
-    for name, overrides in params.variants.items():
-        _variant(params.model, params.train, name, overrides)
-    configurable = {name: anonymiser_class(name).Settings for name in available()
-                    if anonymiser_class(name).Settings is not None}
-    strays = sorted(set(params.anonymisers) - set(configurable))
-    if strays:
-        raise ParamsError(f"anonymisers.{strays[0]} is not an anonymiser with settings; "
-                          f"those are {', '.join(configurable)}")
-    anonymisers = {name: config.load(cls, params.anonymisers.get(name, {}), f"anonymisers.{name}")
-                   for name, cls in configurable.items()}
-    strays = sorted(set(params.metrics) - set(metrics.available()))
-    if strays:
-        raise ParamsError(f"metrics.{strays[0]} is not a metric; available: {', '.join(metrics.available())}")
-    options = {name: metrics.load_options(name, params.metrics.get(name)) for name in metrics.available()}
-    unknown = [name for name in params.evaluate.metrics if name not in metrics.available()]
-    if unknown or not params.evaluate.metrics:
-        raise ParamsError(f"evaluate.metrics must list metrics among {', '.join(metrics.available())}; "
-                          f"got {params.evaluate.metrics!r}")
-    params = dataclasses.replace(params, anonymisers=anonymisers, metrics=options)
-    for name, entry in params.methods.items():
-        try:
-            anonymiser = anonymiser_class(entry.anonymiser_name(name))
-        except KeyError as error:
-            raise ParamsError(f"methods.{name}.anonymiser: {error.args[0]}") from None
-        params.anonymiser_settings(name)
-        release = params.released.get(name)
-        if anonymiser.released_model is not None and (release is None or release.model != anonymiser.released_model):
-            raise ParamsError(f"methods.{name} loads the {anonymiser.released_model} authors' weights: it needs "
-                              f"released.{name} with model: {anonymiser.released_model} (download-released@{name})")
+    params = dataclasses.replace(params, variants={name: _variant(params, name, changes)
+                                                   for name, changes in overrides.items()},
+                                 anonymisers=_anonymisers(params.anonymisers), metrics=_metric_options(params))
+    _check_methods(params)
     return params
 
 
-def _variant(model: ModelConfig, train: TrainConfig, name: str, overrides: dict[str, Any]
-             ) -> tuple[ModelConfig, TrainConfig]:
+def _variant(params: Params, name: str, overrides: dict[str, Any]) -> Variant:
     where = f"variants.{name}"
     model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
     train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
     strays = sorted(set(overrides) - model_keys - train_keys)
     if strays:
         raise ParamsError(f"{where}.{strays[0]} is not a setting; a variant overrides model or train settings")
-    return (config.replaced(model, {k: v for k, v in overrides.items() if k in model_keys}, where),
-            config.replaced(train, {k: v for k, v in overrides.items() if k in train_keys}, where))
+    return Variant(settings.replaced(params.model, {k: v for k, v in overrides.items() if k in model_keys}, where),
+                   settings.replaced(params.train, {k: v for k, v in overrides.items() if k in train_keys}, where))
+
+
+def _anonymisers(sections: dict[str, Any]) -> dict[str, Any]:
+    """Every configurable anonymiser's settings, from its section (defaults where it has none)."""
+    configurable = {name: entry.settings for name, entry in catalogue.ANONYMISERS.items() if entry.settings}
+    strays = sorted(set(sections) - set(configurable))
+    if strays:
+        raise ParamsError(f"anonymisers.{strays[0]} is not an anonymiser with settings; "
+                          f"those are {', '.join(configurable)}")
+    return {name: settings.load(cls, sections.get(name, {}), f"anonymisers.{name}")
+            for name, cls in configurable.items()}
+
+
+def _metric_options(params: Params) -> dict[str, Any]:
+    """Every metric's options, from its section (defaults where it has none); evaluate.metrics names known ones."""
+    known = options.available()
+    strays = sorted(set(params.metrics) - set(known))
+    if strays:
+        raise ParamsError(f"metrics.{strays[0]} is not a metric; available: {', '.join(known)}")
+    unknown = [name for name in params.evaluate.metrics if name not in known]
+    if unknown or not params.evaluate.metrics:
+        raise ParamsError(f"evaluate.metrics must list metrics among {', '.join(known)}; "
+                          f"got {params.evaluate.metrics!r}")
+    return {name: settings.load(options.metric(name).options, params.metrics.get(name, {}), f"metrics.{name}")
+            for name in known}
+
+
+def _check_methods(params: Params) -> None:
+    """Each `methods` entry against its anonymiser's catalogue entry and the sections it names."""
+    for name, method in params.methods.items():
+        try:
+            entry = catalogue.entry(method.anonymiser_name(name))
+        except KeyError as error:
+            raise ParamsError(f"methods.{name}.anonymiser: {error.args[0]}") from None
+        if not (entry.code == method.code or entry.code.startswith(method.code.rstrip("/") + "/")):
+            raise ParamsError(f"methods.{name}.code is {method.code}, but anonymiser "
+                              f"{method.anonymiser_name(name)!r} is in {entry.code}: name that (or a folder above it)")
+        params.anonymiser_settings(name)
+        release = params.released.get(name)
+        if entry.released_model is not None and (release is None or release.model != entry.released_model):
+            raise ParamsError(f"methods.{name} loads the {entry.released_model} authors' weights: it needs "
+                              f"released.{name} with model: {entry.released_model} (download-released@{name})")

@@ -1,7 +1,7 @@
 """Stage `evaluate@<method>`: every configured metric on one method's anonymised crops, per dataset.
 
 Reads outputs/<dataset>/<method>/ and writes results/<dataset>/<method>.json
-({metric name: metrics.calc result}) and results/<dataset>/<method>.pairs.csv (the per-pair
+({metric name: registry.calc result}) and results/<dataset>/<method>.pairs.csv (the per-pair
 values metrics report: pose error, detected or not; one row per pair). A metric whose
 pretrained weights are missing or fail their checksum is recorded as {"error": <what is wrong
 and what to do>} instead of stopping the stage; the report shows it as not computed. A method
@@ -14,17 +14,16 @@ once per dataset, not once per method.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import pandas as pd
 
-import metrics
 from facedata.datasets import DATASETS
 from facedata.prepared import PreparedDataset
 from infra.atomic import write_json, write_table
 from infra.fetch import ChecksumError
+from metrics import registry
 from metrics.weights import WeightsUnavailableError
 from pipelines import stage
 from pipelines.config import Params
@@ -32,10 +31,10 @@ from pipelines.layout import Layout, require
 from pipelines.tables import NOT_AVAILABLE
 
 
-def pair_set(layout: Layout, dataset: str) -> metrics.PairSet:
+def pair_set(layout: Layout, dataset: str) -> registry.PairSet:
     """The test pairs with their prepared photos and the folder of the original photos (download's record)."""
     source = json.loads(require(layout.source(dataset), f"download@{dataset}").read_text())
-    return metrics.PairSet(pd.read_csv(require(layout.test_pairs(dataset), "pairs")),
+    return registry.PairSet(pd.read_csv(require(layout.test_pairs(dataset), "pairs")),
                            PreparedDataset(layout.prepared(dataset)), photos=Path(source["images_dir"]))
 
 
@@ -53,7 +52,7 @@ def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> di
         write_json(layout.results(dataset, method), results)
         print(f"{dataset}/{method}: not evaluated, not available ({reason})")
         return results
-    inputs = metrics.MetricInputs(
+    inputs = registry.MetricInputs(
         pairs,
         images=images,
         cache=layout.path(settings.cache),
@@ -64,7 +63,7 @@ def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> di
     results, per_pair = {}, pd.DataFrame({"pair_id": pairs.manifest["pair_id"]})
     for name in settings.metrics:
         try:
-            results[name] = metrics.calc(name, inputs, **dataclasses.asdict(params.metrics[name]))
+            results[name] = registry.calc(name, inputs, params.metrics[name])
         except (WeightsUnavailableError, ChecksumError) as error:  # the only files this stage fetches are weights
             results[name] = {"metric": name, "error": str(error)}
             print(f"{dataset}/{method}: {name} not computed: {error}")

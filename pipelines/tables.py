@@ -64,7 +64,9 @@ def table(results: dict[str, dict[str, dict]], paper: dict[str, dict], rows: dic
     `<metric>_paper_std`, `<metric>_diff` (ours - paper). Plus `n` (pairs of the test set),
     `n_skipped` (pairs no metric could evaluate: source photo not prepared or no anonymised
     image; a metric's own protocol skips, like verification's different-person pairs, are
-    not counted), `pose_failures` (images in which dlib found no face), `available` and `note` (why not).
+    not counted), `pose_failures` (pairs left out of the pose error because its detector, dlib
+    or FAN, found no face in the anonymised image or in its original), `available` and `note`
+    (why not).
     """
     methods = [m for m in rows if m in results] + [m for m in results if m not in rows]
     frame_rows = []

@@ -105,7 +105,8 @@ class EpochTrainer(ABC):
         return world()[0]
 
     @property
-    def processes(self) -> int:
+    def world_size(self) -> int:
+        """The number of processes sharing this run (1 without torchrun)."""
         return world()[1]
 
     # -- the run ------------------------------------------------------------------------------

@@ -18,11 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
-import metrics
 from facedata.datasets import parse_pairs
 from facedata.framing import face_mask
 from facedata.prepared import PreparedDataset
-from metrics import weights
+from metrics import registry, weights
 from tests.helpers import (
     RELEASED_LAYOUTS,
     SHARED_DATA,
@@ -95,13 +94,13 @@ def prepared_lfw(lfw_root) -> Path:
 
 
 @pytest.fixture(scope="session")
-def lfw(prepared_lfw, lfw_root) -> metrics.PairSet:
+def lfw(prepared_lfw, lfw_root) -> registry.PairSet:
     """LFW's 6,000 pairs.txt pairs in the pair manifest's layout (folds 1..10)."""
     rows = [{"fold": p.fold + 1, "same": p.same, "first": p.first, "source": p.second}
             for p in parse_pairs(lfw_root / "pairs.txt")]
     manifest = pd.DataFrame(rows)
     manifest.insert(0, "pair_id", range(len(manifest)))
-    return metrics.PairSet(manifest, PreparedDataset(prepared_lfw))
+    return registry.PairSet(manifest, PreparedDataset(prepared_lfw))
 
 
 @pytest.fixture(scope="session")

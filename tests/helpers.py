@@ -27,9 +27,8 @@ import torch
 import yaml
 from PIL import Image
 
-from anonygan.model import ModelConfig
-from anonygan.training import TrainConfig
-from baselines import FaceBatch
+from anonygan.config import ModelConfig, TrainConfig
+from baselines.interface import FaceBatch
 from facedata.crops import PREPARE_VERSION
 from facedata.prepared import PreparedDataset, crop_relpath, mask_relpath
 from infra.fetch import file_digest

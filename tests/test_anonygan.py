@@ -17,20 +17,10 @@ import torch.nn.functional as F
 from torch.utils.data import default_collate
 
 from anonygan import losses
+from anonygan.config import SIDE_MULTIPLE, SMALLEST_SIDE, InferenceConfig, ModelConfig, crop_size_problem
 from anonygan.data import NetworkInputs, PairData, hybrid_batches, landmark_maps, resized_landmark_maps
-from anonygan.inference import AnonyGANInference, InferenceConfig
-from anonygan.model import (
-    SIDE_MULTIPLE,
-    SMALLEST_SIDE,
-    AttentionDecoder,
-    BipartiteGraphUnit,
-    LandmarkAttention,
-    ModelConfig,
-    build,
-    composite,
-    crop_size_problem,
-    load_checkpoint,
-)
+from anonygan.inference import AnonyGANInference
+from anonygan.model import AttentionDecoder, BipartiteGraphUnit, LandmarkAttention, build, composite, load_checkpoint
 from anonygan.training import Trainer
 from facedata.landmarks import CIAGAN_29
 from facedata.prepared import PreparedDataset

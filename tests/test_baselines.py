@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
-import baselines
-from anonygan.inference import InferenceConfig
-from baselines import Anonymiser, FaceBatch, RunContext, check_output, create, identity_order, load_batch, register
-from baselines.folder import FolderAnonymiser, FolderConfig
+import anonygan.anonymiser
+from anonygan.config import InferenceConfig
+from baselines import catalogue
+from baselines.folder import FolderAnonymiser
+from baselines.interface import (
+    Anonymiser,
+    FaceBatch,
+    RunContext,
+    check_output,
+    create,
+    identity_order,
+    load_batch,
+)
+from baselines.settings import FolderConfig
 from facedata.prepared import PreparedDataset
 from infra.errors import DataError, MissingInputError, ParamsError
-from tests.helpers import make_batch
+from tests.helpers import REPO, make_batch
 
 
 def small_batch(n: int = 2) -> FaceBatch:
@@ -24,24 +37,33 @@ def small_batch(n: int = 2) -> FaceBatch:
     return make_batch(images, masks)
 
 
-def test_every_paper_method_is_registered():
-    assert set(baselines.available()) == {"original", "blur", "pixelate", "ciagan", "folder", "anonygan",
+def test_every_paper_method_is_in_the_catalogue():
+    assert set(catalogue.available()) == {"original", "blur", "pixelate", "ciagan", "folder", "anonygan",
                                           "anonygan-released", "ciagan-released"}
     with pytest.raises(KeyError, match="unknown anonymiser 'deepprivacy'.*blur"):
         create("deepprivacy")
 
 
-def test_a_new_method_is_one_small_class():
-    @register("test-invert")
-    class Invert(Anonymiser):
-        def anonymise(self, batch: FaceBatch) -> np.ndarray:
-            return np.where(batch.source_mask[..., None], 255 - batch.source, batch.source)
+class Invert(Anonymiser):
+    def anonymise(self, batch: FaceBatch) -> np.ndarray:
+        return np.where(batch.source_mask[..., None], 255 - batch.source, batch.source)
 
+
+def test_a_new_method_is_one_small_class_and_one_catalogue_entry(monkeypatch):
+    monkeypatch.setitem(catalogue.ANONYMISERS, "test-invert", catalogue.Entry(f"{__name__}:Invert", __file__))
     batch = small_batch()
     out = check_output(batch, create("test-invert").anonymise(batch), "test-invert")
     assert np.array_equal(out[batch.source_mask], 255 - batch.source[batch.source_mask])
-    with pytest.raises(ValueError, match="already registered"):
-        register("test-invert")(type("Other", (Invert,), {}))
+
+
+def test_catalogue_entries_name_their_code_and_settings():
+    """Each entry's class loads from its `code`, and a released method loads the release its class reads."""
+    for name, entry in catalogue.ANONYMISERS.items():
+        cls = entry.load()
+        assert issubclass(cls, Anonymiser), name
+        module_file = Path(sys.modules[cls.__module__].__file__).relative_to(REPO)
+        assert module_file.as_posix().startswith(entry.code), (name, module_file, entry.code)
+        assert getattr(cls, "released_model", None) == entry.released_model, name
 
 
 def test_face_batch_rejects_inconsistent_arrays():
@@ -135,7 +157,7 @@ class RecordingInference:
 
 
 def test_one_anonymiser_loads_any_variants_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setattr(baselines.anonygan, "AnonyGANInference", RecordingInference)
+    monkeypatch.setattr(anonygan.anonymiser, "AnonyGANInference", RecordingInference)
     RecordingInference.calls = []
     batch = small_batch()
     for method in ("anonygan-68", "anonygan-new"):
@@ -159,8 +181,8 @@ def test_one_anonymiser_loads_any_variants_checkpoint(tmp_path, monkeypatch):
 @pytest.mark.realdata
 def test_anonygan_adapter_runs_a_real_checkpoint(prepared_celeba, tmp_path):
     """Through the AnonyGAN helper's inference API with a tiny untrained model: shapes and compositing."""
-    from anonygan.model import ModelConfig
-    from anonygan.training import TrainConfig, Trainer
+    from anonygan.config import ModelConfig, TrainConfig
+    from anonygan.training import Trainer
 
     model = ModelConfig(landmarks=29, landmark_attention=False, base_channels=4, graph_blocks=1,
                         discriminator_channels=4)

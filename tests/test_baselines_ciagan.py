@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from baselines import RunContext, create
-from baselines.ciagan import Ciagan, CiaganConfig, CiaganTrainer, Discriminator, Generator, Siamese, TrainingConfig
-from baselines.ciagan.anonymiser import CiaganInferenceConfig
+from baselines.ciagan.anonymiser import Ciagan
+from baselines.ciagan.config import CiaganInferenceConfig, CiaganModelConfig, CiaganTrainConfig
 from baselines.ciagan.frame import landmark_image, network_inputs, random_boxes, to_crop, to_network
-from baselines.ciagan.model import load_checkpoint
-from baselines.ciagan.training import FaceSet, pair_batches, training_faces
+from baselines.ciagan.model import Discriminator, Generator, Siamese, load_checkpoint
+from baselines.ciagan.training import CiaganTrainer, FaceSet, pair_batches, training_faces
+from baselines.interface import RunContext, create
 from facedata.prepared import PreparedDataset
 from infra.errors import MissingInputError, ParamsError
 from infra.settings import load as load_settings
@@ -50,7 +50,7 @@ def faces(prepared_celeba):
 
 
 def test_default_networks_have_the_authors_shapes():
-    config = CiaganConfig()
+    config = CiaganModelConfig()
     assert config.depth == 5 and config.identities == 1200
     generator = Generator(config)
     images = torch.rand(2, 6, 128, 128)
@@ -65,7 +65,7 @@ def test_default_networks_have_the_authors_shapes():
 @pytest.mark.parametrize("size", [4, 48, 100])
 def test_image_size_must_be_a_power_of_two(size):
     with pytest.raises(ParamsError, match="ciagan.model.image_size must be a power of two >= 8"):
-        load_settings(CiaganConfig, {"image_size": size}, "ciagan.model")
+        load_settings(CiaganModelConfig, {"image_size": size}, "ciagan.model")
 
 
 def test_landmark_drawing_is_three_polylines():
@@ -116,7 +116,7 @@ def test_pair_batches_mix_random_and_same_identity_pairs_and_depend_on_seed_and_
 @pytest.mark.realdata
 def test_training_steps_lower_the_losses_on_real_faces(faces):
     _, planes, labels, identities = faces
-    trainer = CiaganTrainer(CiaganConfig(identities=len(identities), **TINY), TrainingConfig(batch_size=8))
+    trainer = CiaganTrainer(CiaganModelConfig(identities=len(identities), **TINY), CiaganTrainConfig(batch_size=8))
     pairs = trainer.pairs(planes, labels)
     steps = 5
     siamese = [trainer.siamese_step(pairs) for _ in range(steps)]
@@ -127,7 +127,7 @@ def test_training_steps_lower_the_losses_on_real_faces(faces):
 
 
 def test_target_is_the_next_identity_in_the_order():
-    anonymiser = Ciagan(Generator(CiaganConfig(identities=3, **TINY)), ["x", "y", "z", "w"], device="cpu")
+    anonymiser = Ciagan(Generator(CiaganModelConfig(identities=3, **TINY)), ["x", "y", "z", "w"], device="cpu")
     assert anonymiser.targets(["x", "y", "z", "w", "x"]).tolist() == [1, 2, 0, 1, 1]
     with pytest.raises(KeyError, match="not in the CIAGAN identity order: q"):
         anonymiser.targets(["x", "q"])
@@ -136,7 +136,7 @@ def test_target_is_the_next_identity_in_the_order():
 @pytest.mark.realdata
 def test_different_target_identities_give_different_faces(faces):
     batch, _, _, identities = faces
-    anonymiser = Ciagan(Generator(CiaganConfig(identities=len(identities), **TINY)), identities,
+    anonymiser = Ciagan(Generator(CiaganModelConfig(identities=len(identities), **TINY)), identities,
                         CiaganInferenceConfig(spectral_norm="frozen"), device="cpu")
     first = anonymiser.render(batch, np.zeros(len(batch), int))
     second = anonymiser.render(batch, np.ones(len(batch), int))
@@ -154,7 +154,7 @@ def test_different_target_identities_give_different_faces(faces):
 def test_checkpoint_loads_through_the_registry(faces, tmp_path):
     batch, _, _, identities = faces
     checkpoint = tmp_path / "ciagan" / "checkpoint.pt"
-    trainer = CiaganTrainer(CiaganConfig(identities=len(identities), **TINY), TrainingConfig(batch_size=8),
+    trainer = CiaganTrainer(CiaganModelConfig(identities=len(identities), **TINY), CiaganTrainConfig(batch_size=8),
                             checkpoint=checkpoint, identities=identities)
     trainer.save()
     order = tuple(dict.fromkeys(batch.source_identity))
@@ -185,7 +185,7 @@ def test_params_are_validated():
             config.from_mapping(tiny_mapping(**{key: value}))
     settings = params().ciagan
     # params.yaml holds the authors' settings; only the loader's process count is a machine choice.
-    assert settings.model == CiaganConfig() and replace(settings.train, workers=0) == TrainingConfig(workers=0)
+    assert settings.model == CiaganModelConfig() and replace(settings.train, workers=0) == CiaganTrainConfig(workers=0)
 
 
 @pytest.fixture(scope="module")
@@ -230,8 +230,8 @@ def test_stage_trains_from_params(training_layout, monkeypatch):
 def ciagan_trainer(layout: Layout, checkpoint, epochs: int = 2) -> CiaganTrainer:
     pairs = pd.read_csv(layout.train_pairs, dtype={"source_identity": str})
     identities, keys, labels = training_faces(pairs, PreparedDataset(layout.prepared("celeba")))
-    training = TrainingConfig(epochs=epochs, batch_size=4, checkpoint_every=1, workers=0)
-    return CiaganTrainer(CiaganConfig(identities=len(identities), **TINY), training,
+    training = CiaganTrainConfig(epochs=epochs, batch_size=4, checkpoint_every=1, workers=0)
+    return CiaganTrainer(CiaganModelConfig(identities=len(identities), **TINY), training,
                          FaceSet(layout.prepared("celeba"), keys, labels), checkpoint, identities=identities)
 
 

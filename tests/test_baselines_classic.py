@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter1d
 
-from baselines import RunContext, create
-from baselines.classic import Blur, BlurConfig, Pixelate, PixelateConfig, blur_inside, opencv_sigma, pixelate_inside
+from baselines.classic import Blur, Pixelate, blur_inside, opencv_sigma, pixelate_inside
+from baselines.interface import RunContext, create
+from baselines.settings import BlurConfig, PixelateConfig
 from facedata.framing import face_mask
 from facedata.prepared import PreparedDataset
 from infra.errors import ParamsError

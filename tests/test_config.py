@@ -201,7 +201,7 @@ def test_a_missing_params_file_and_invalid_yaml_are_one_line(tmp_path, capsys):
 
 
 def test_no_lower_package_imports_the_stage_layer():
-    for package in ("anonygan", "baselines", "metrics", "facedata"):
+    for package in ("anonygan", "baselines", "facedata", "infra", "metrics", "runtime"):
         for path in (REPO / package).rglob("*.py"):
             assert not any(name.split(".")[0] == "pipelines" for name in module_imports(path)), path
 
@@ -211,7 +211,8 @@ def test_a_fifth_variant_is_one_params_entry_away_from_its_stages(tmp_path):
     layout = repository_copy(tmp_path / "repo")
     mapping = yaml.safe_load(layout.params_file.read_text())
     mapping["variants"]["anonygan-68-j5"] = {"attention_kernel": 5}
-    mapping["methods"]["anonygan-68-j5"] = {"anonymiser": "anonygan", "params": "anonymisers.anonygan",
+    mapping["methods"]["anonygan-68-j5"] = {"anonymiser": "anonygan", "code": "anonygan",
+                                            "params": "anonymisers.anonygan",
                                             "depends": "models/anonygan-68-j5/checkpoint.pt"}
     write_params(layout, mapping)
     stages = dvc(layout, "stage", "list", "--name-only").split()

@@ -146,8 +146,9 @@ def test_a_third_party_folder_becomes_an_extra_row(small_run):
             original.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(target / f"{pair_id}.png")
 
     def add_method(params):
-        params["methods"]["mirror"] = {"anonymiser": "folder", "root": "third_party/mirror",
-                                       "depends": "third_party/mirror", "params": "anonymisers.folder"}
+        params["methods"]["mirror"] = {"anonymiser": "folder", "code": "baselines/folder.py",
+                                       "root": "third_party/mirror", "depends": "third_party/mirror",
+                                       "params": "anonymisers.folder"}
 
     set_params(workdir, add_method)
     log = dvc(workdir, "repro")

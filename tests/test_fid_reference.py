@@ -17,9 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-import metrics
 from baselines.classic import blur_inside, opencv_sigma
-from metrics import inception, weights
+from metrics import inception, registry, weights
 from metrics.fid import clean_resize, frechet_distance, nvidia_scaling, statistics
 from runtime.torchvision_compat import ensure_torchvision
 from tests.helpers import SHARED_DATA, read_legacy_prefix
@@ -42,11 +41,11 @@ def wheel() -> weights.WeightsFile:
 
 
 @pytest.fixture(scope="module")
-def sets(lfw, tmp_path_factory) -> tuple[metrics.PairSet, Path, Path]:
+def sets(lfw, tmp_path_factory) -> tuple[registry.PairSet, Path, Path]:
     """(pairs, folder of their real source crops, folder of the blurred crops `<pair_id>.png`)."""
     manifest = lfw.manifest[lfw.manifest["source"].isin(lfw.prepared.ok.index)]
     manifest = manifest.drop_duplicates("source").iloc[:PAIRS]
-    pairs = metrics.PairSet(manifest, lfw.prepared)
+    pairs = registry.PairSet(manifest, lfw.prepared)
     real, blurred = tmp_path_factory.mktemp("real"), tmp_path_factory.mktemp("blurred")
     for pair_id, source in zip(manifest["pair_id"], manifest["source"], strict=True):
         (real / f"{pair_id}.png").symlink_to(pairs.crop_path(source).resolve())
@@ -57,7 +56,8 @@ def sets(lfw, tmp_path_factory) -> tuple[metrics.PairSet, Path, Path]:
 
 def suite_fid(sets, cache: Path, resize: str) -> float:
     pairs, _, blurred = sets
-    result = metrics.calc("fid", metrics.MetricInputs(pairs, images=blurred, cache=cache, device="cpu"), resize=resize)
+    inputs = registry.MetricInputs(pairs, images=blurred, cache=cache, device="cpu")
+    result = registry.calc("fid", inputs, registry.options("fid", resize=resize))
     assert result["n"] == result["n_real"] == PAIRS
     assert result["weights"]["origin"] == weights.INCEPTION_WHEEL.requirement
     return result["value"]

@@ -16,14 +16,12 @@ import pandas as pd
 import pytest
 import scipy.linalg
 import torch
-import yaml
 from PIL import Image
 
-import metrics
 from facedata.prepared import PreparedDataset
 from infra.errors import DataError, ParamsError
 from infra.fetch import ChecksumError
-from metrics import facenet, weights
+from metrics import facenet, registry, weights
 from metrics.fid import clean_resize, frechet_distance, kernel_inception_distance, statistics
 from metrics.pose import normalised_l1
 from metrics.reid import best_threshold, cross_validate
@@ -31,7 +29,7 @@ from pipelines import evaluate
 from pipelines.config import from_mapping
 from pipelines.layout import Layout
 from runtime.torchvision_compat import ensure_torchvision
-from tests.helpers import REPO, imported_modules, params_mapping, register_file, write_prepared, write_source
+from tests.helpers import params_mapping, register_file, write_prepared, write_source
 
 REQUIRED = ["detection_dlib", "detection_mtcnn", "fid", "kid", "pose_error", "reid_facenet_casia",
             "reid_facenet_vggface2", "verification_dlib", "verification_facenet_casia",
@@ -40,7 +38,7 @@ REQUIRED = ["detection_dlib", "detection_mtcnn", "fid", "kid", "pose_error", "re
 
 # --- synthetic data ---------------------------------------------------------------------------
 
-def anonymised_folder(folder: Path, pairs: metrics.PairSet, images: dict[int, np.ndarray] | None = None) -> Path:
+def anonymised_folder(folder: Path, pairs: registry.PairSet, images: dict[int, np.ndarray] | None = None) -> Path:
     """`<pair_id>.png` per manifest row: the given images, else a copy of the source crop."""
     folder.mkdir(parents=True, exist_ok=True)
     for pair_id, source in zip(pairs.manifest["pair_id"], pairs.manifest["source"], strict=True):
@@ -50,7 +48,7 @@ def anonymised_folder(folder: Path, pairs: metrics.PairSet, images: dict[int, np
 
 
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory) -> metrics.PairSet:
+def synthetic(tmp_path_factory) -> registry.PairSet:
     """An LFW-shaped set: 4 people x 3 photos, 2 folds of 2 same- and 2 different-person pairs.
 
     Every pair has its own source photo, so copies of the sources are the real set itself. The
@@ -75,43 +73,43 @@ def synthetic(tmp_path_factory) -> metrics.PairSet:
     manifest = pd.DataFrame(rows, columns=["fold", "same", "first", "source"])
     manifest.insert(0, "pair_id", range(len(manifest)))
     manifest["source_identity"] = [keys[k] for k in manifest["source"]]
-    return metrics.PairSet(manifest, prepared, photos=photos)
+    return registry.PairSet(manifest, prepared, photos=photos)
 
 
 @pytest.fixture(scope="module")
-def synthetic_celeba(synthetic) -> metrics.PairSet:
+def synthetic_celeba(synthetic) -> registry.PairSet:
     """The same photos as a CelebA-shaped set: one pair per source photo, no folds."""
     keys = sorted(synthetic.prepared.ok.index)
     manifest = pd.DataFrame({"pair_id": range(len(keys)), "source": keys,
                              "source_identity": [synthetic.prepared.identity(k) for k in keys]})
-    return metrics.PairSet(manifest, synthetic.prepared)
+    return registry.PairSet(manifest, synthetic.prepared)
 
 
 # --- registry ---------------------------------------------------------------------------------
 
 def test_registry_lists_every_required_metric():
-    assert metrics.available() == REQUIRED
+    assert registry.available() == REQUIRED
 
 
 def test_calc_rejects_unknown_metric_and_option(synthetic, tmp_path):
-    inputs = metrics.MetricInputs(synthetic, images=tmp_path)
+    inputs = registry.MetricInputs(synthetic, images=tmp_path)
     with pytest.raises(KeyError, match="unknown metric 'fld'"):
-        metrics.calc("fld", inputs)
+        registry.calc("fld", inputs)
     with pytest.raises(ParamsError, match="metrics.fid.resise is not a setting; metrics.fid has resize"):
-        metrics.calc("fid", inputs, resize="clean", resise="clean")
+        registry.calc("fid", inputs, registry.options("fid", resize="clean", resise="clean"))
     with pytest.raises(ParamsError, match=r"metrics.detection_mtcnn.threshold must be in \[0.0, 1.0\]; got 7"):
-        metrics.calc("detection_mtcnn", inputs, threshold=7)
+        registry.calc("detection_mtcnn", inputs, registry.options("detection_mtcnn", threshold=7))
 
 
 def test_evaluable_counts_missing_images_and_rejects_wrong_sizes(synthetic, tmp_path):
     folder = anonymised_folder(tmp_path / "anon", synthetic)
     (folder / "3.png").unlink()
-    rows, skipped = metrics.MetricInputs(synthetic, images=folder).evaluable()
+    rows, skipped = registry.MetricInputs(synthetic, images=folder).evaluable()
     assert 3 not in set(rows["pair_id"]) and len(rows) == 7
     assert skipped == {"no anonymised image": 1}
     Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(folder / "5.png")
     with pytest.raises(ValueError, match=r"5\.png: image is 100x100 \(WxH\), expected 180x220"):
-        metrics.MetricInputs(synthetic, images=folder).evaluable()
+        registry.MetricInputs(synthetic, images=folder).evaluable()
 
 
 # --- FID / KID numerics -----------------------------------------------------------------------
@@ -213,8 +211,9 @@ def test_pose_error_of_a_known_translation_under_both_normalisations():
     # The authors' L1Loss(lm[36], lm[45]) is the mean of |dx| and |dy|; Euclidean: sqrt(60^2 + 80^2).
     assert normalised_l1(moved, reference)[0] == pytest.approx((4.0 + 2.0) / 2 / ((60 + 80) / 2))
     assert normalised_l1(moved, reference, "euclidean")[0] == pytest.approx((4.0 + 2.0) / 2 / 100.0)
-    with pytest.raises(ValueError, match="normalisation"):
-        normalised_l1(moved, reference, "manhattan")
+    # The one check of the setting is at load, where params.yaml's value becomes the typed options.
+    with pytest.raises(ParamsError, match="metrics.pose_error.normalisation must be one of paper_code, euclidean"):
+        registry.options("pose_error", normalisation="manhattan")
 
 
 def test_best_threshold_and_cross_validation():
@@ -303,7 +302,7 @@ def test_no_wheel_and_no_network_say_how_to_get_either(no_wheel):
         weights.inception_weights(retries=0)
 
 
-def evaluation_layout(root: Path, pairs: metrics.PairSet) -> Layout:
+def evaluation_layout(root: Path, pairs: registry.PairSet) -> Layout:
     """A pipeline layout whose LFW test set is `pairs`, with unmodified copies as the outputs of method `blur`."""
     layout = Layout(root)
     for path in (layout.prepared("lfw"), layout.test_pairs("lfw")):
@@ -318,7 +317,7 @@ def evaluation_layout(root: Path, pairs: metrics.PairSet) -> Layout:
     return layout
 
 
-def run_fid_and_kid(layout: Layout, pairs: metrics.PairSet) -> dict:
+def run_fid_and_kid(layout: Layout, pairs: registry.PairSet) -> dict:
     mapping = params_mapping()
     mapping["evaluate"].update(metrics=["fid", "kid"], cache=str(layout.root / "cache"))
     results = evaluate.run_dataset(from_mapping(mapping), layout, "blur", "lfw")
@@ -344,9 +343,9 @@ def test_the_stage_records_fid_as_not_computed_for_a_wrong_digest(hub, synthetic
 
 @pytest.mark.slow
 def test_fid_and_kid_through_pytorch_fid_inception(installed, synthetic, tmp_path):
-    copies = metrics.MetricInputs(synthetic, images=anonymised_folder(tmp_path / "same", synthetic),
+    copies = registry.MetricInputs(synthetic, images=anonymised_folder(tmp_path / "same", synthetic),
                                   cache=tmp_path / "cache", batch_size=4)
-    result = metrics.calc("fid", copies)
+    result = registry.calc("fid", copies)
     assert abs(result["value"]) < 1e-6 and result["n"] == 8 and result["n_real"] == 8
     assert result["n_skipped"] == 0 and result["seconds"] > 0
     assert result["weights"] == {"file": weights.PRETRAINED["inception"].filename, "origin": "pytorch-fid",
@@ -354,11 +353,11 @@ def test_fid_and_kid_through_pytorch_fid_inception(installed, synthetic, tmp_pat
     cached = sorted((tmp_path / "cache").glob("inception-*-clean-v*/*.npy"))
     assert len(cached) == 2  # real set (sorted keys) and anonymised set (pair order)
     noise = {i: np.full((220, 180, 3), 30 * i, np.uint8) for i in range(8)}
-    flat = metrics.MetricInputs(synthetic, images=anonymised_folder(tmp_path / "flat", synthetic, noise),
+    flat = registry.MetricInputs(synthetic, images=anonymised_folder(tmp_path / "flat", synthetic, noise),
                                 cache=tmp_path / "cache", batch_size=4)
-    legacy = metrics.calc("fid", flat, resize="legacy_pytorch")
+    legacy = registry.calc("fid", flat, registry.options("fid", resize="legacy_pytorch"))
     assert legacy["value"] > 1e-3 and legacy["options"]["resize"] == "legacy_pytorch"
-    kid = metrics.calc("kid", flat, subsets=10)
+    kid = registry.calc("kid", flat, registry.options("kid", subsets=10))
     # 8 real and 8 anonymised images: every subset would be both whole sets, so one draw and no std.
     assert kid["subset_size"] == 8 and kid["subsets"] == 1 and kid["std"] is None and kid["value"] > 0
     # The real set's features were computed once: only the new anonymised set was added.
@@ -369,16 +368,16 @@ def test_facenet_weights_with_wrong_digest_are_refused(installed, synthetic, tmp
     spec = weights.PRETRAINED["facenet_casia"]
     monkeypatch.setitem(weights.PRETRAINED, "facenet_casia",
                         weights.PretrainedFile(spec.filename, spec.url, "f" * 64, spec.size))
-    inputs = metrics.MetricInputs(synthetic, images=anonymised_folder(tmp_path / "a", synthetic), cache=tmp_path)
+    inputs = registry.MetricInputs(synthetic, images=anonymised_folder(tmp_path / "a", synthetic), cache=tmp_path)
     with pytest.raises(ChecksumError, match="20180408-102900-casia-webface.pt"):
-        metrics.calc("reid_facenet_casia", inputs)
+        registry.calc("reid_facenet_casia", inputs)
 
 
 def test_the_authors_lfw_reid_needs_the_original_photos(synthetic, tmp_path):
-    without_photos = metrics.PairSet(synthetic.manifest, synthetic.prepared)
-    inputs = metrics.MetricInputs(without_photos, images=anonymised_folder(tmp_path / "a", synthetic), cache=tmp_path)
+    without_photos = registry.PairSet(synthetic.manifest, synthetic.prepared)
+    inputs = registry.MetricInputs(without_photos, images=anonymised_folder(tmp_path / "a", synthetic), cache=tmp_path)
     with pytest.raises(DataError, match="reads the original photos"):
-        metrics.calc("reid_facenet_casia", inputs)
+        registry.calc("reid_facenet_casia", inputs)
 
 
 def authors_classes(network: torch.nn.Module, paths: list[Path], side: int | None = None) -> np.ndarray:
@@ -395,13 +394,14 @@ def authors_classes(network: torch.nn.Module, paths: list[Path], side: int | Non
 
 @pytest.mark.slow
 def test_facenet_reid_protocols_through_random_weights(installed, synthetic, synthetic_celeba, tmp_path):
-    copies = metrics.MetricInputs(synthetic, images=anonymised_folder(tmp_path / "same", synthetic),
+    copies = registry.MetricInputs(synthetic, images=anonymised_folder(tmp_path / "same", synthetic),
                                   cache=tmp_path / "cache", batch_size=4)
-    aligned = metrics.calc("reid_facenet_casia", copies, lfw_reference="source", preprocessing="aligned")
+    aligned = registry.calc("reid_facenet_casia", copies,
+                            registry.options("reid_facenet_casia", lfw_reference="source", preprocessing="aligned"))
     assert aligned["value"] == 1.0 and aligned["std"] == 0.0 and set(aligned["per_fold"]) == {1, 2}
     # The authors' compute_reid_lfw: the original first photo file against the anonymised second
     # image, both whole in [0, 1], over every pair (same and different person).
-    authors = metrics.calc("reid_facenet_vggface2", copies)
+    authors = registry.calc("reid_facenet_vggface2", copies)
     assert authors["options"] == {"lfw_reference": "first", "preprocessing": "authors"} and authors["n"] == 8
     network = facenet.load("vggface2", torch.device("cpu"))
     manifest = synthetic.manifest
@@ -411,16 +411,16 @@ def test_facenet_reid_protocols_through_random_weights(installed, synthetic, syn
     assert authors["per_fold"] == per_fold.to_dict() and authors["n_matches"] == match.sum()
     assert authors["std"] == pytest.approx(per_fold.std(ddof=1))  # torch.std_mean's unbiased std
     # compute_reid (CelebA): source photo against anonymised image, both nearest-resized to 256x256.
-    celeba = metrics.PairSet(synthetic_celeba.manifest.iloc[:4], synthetic_celeba.prepared)
+    celeba = registry.PairSet(synthetic_celeba.manifest.iloc[:4], synthetic_celeba.prepared)
     sources = celeba.manifest["source"]
     flipped = {i: celeba.prepared.crop(key)[:, ::-1] for i, key in enumerate(sources)}
-    mirrored = metrics.MetricInputs(celeba, cache=tmp_path / "cache", batch_size=4,
+    mirrored = registry.MetricInputs(celeba, cache=tmp_path / "cache", batch_size=4,
                                     images=anonymised_folder(tmp_path / "flip", celeba, flipped))
     match = (authors_classes(network, [celeba.crop_path(key) for key in sources], 256)
              == authors_classes(network, [mirrored.image_path(i) for i in flipped], 256))
-    result = metrics.calc("reid_facenet_vggface2", mirrored)
+    result = registry.calc("reid_facenet_vggface2", mirrored)
     assert result["value"] == pytest.approx(match.mean()) and result["n"] == 4 and "std" not in result
-    verified = metrics.calc("verification_facenet_casia", copies)
+    verified = registry.calc("verification_facenet_casia", copies)
     assert verified["value"] == verified["real_rate"]  # unmodified images verify exactly as the real ones
     assert verified["n"] == 4 and verified["skipped"] == {"different-person pair": 4}
     assert verified["n_calibration_pairs"] == 8 and set(verified["thresholds"]) == {1, 2}
@@ -428,9 +428,9 @@ def test_facenet_reid_protocols_through_random_weights(installed, synthetic, syn
 
 @pytest.mark.slow
 def test_pose_error_with_fan_is_zero_on_unmodified_copies(fan_installed, synthetic, tmp_path):
-    three = metrics.PairSet(synthetic.manifest.iloc[:3], synthetic.prepared)
-    copies = metrics.MetricInputs(three, images=anonymised_folder(tmp_path / "same", three), cache=tmp_path / "cache")
-    result = metrics.calc("pose_error", copies, detector="fan")
+    three = registry.PairSet(synthetic.manifest.iloc[:3], synthetic.prepared)
+    copies = registry.MetricInputs(three, images=anonymised_folder(tmp_path / "same", three), cache=tmp_path / "cache")
+    result = registry.calc("pose_error", copies, registry.options("pose_error", detector="fan"))
     # Random weights find "faces" somewhere; wherever both images have one, they are the same landmarks.
     assert result["n"] > 0 and result["value"] == 0.0 and result["n"] + result["n_failed"] == 3
     assert set(result["weights"]) == {"fan", "sfd"} and all(len(w["sha256"]) == 64 for w in result["weights"].values())
@@ -442,21 +442,6 @@ def test_fan_without_its_weights_offline_is_not_available(hub, synthetic, tmp_pa
 
     monkeypatch.setitem(api.models_urls, "2DFAN-4", "http://127.0.0.1:9/2DFAN4-11f355bf06.pth.tar")
     monkeypatch.setitem(sfd_detector.models_urls, "s3fd", "http://127.0.0.1:9/s3fd-619a316812.pth")
-    inputs = metrics.MetricInputs(synthetic, images=anonymised_folder(tmp_path / "a", synthetic), cache=tmp_path)
+    inputs = registry.MetricInputs(synthetic, images=anonymised_folder(tmp_path / "a", synthetic), cache=tmp_path)
     with pytest.raises(weights.WeightsUnavailableError, match="s3fd-619a316812.pth"):
-        metrics.calc("pose_error", inputs, detector="fan")
-
-
-def test_the_evaluate_stage_depends_on_every_facedata_module_it_uses():
-    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["evaluate"]["do"]
-    listed = {dep for dep in stage["deps"] if dep.startswith("facedata/")}
-    # What the metrics and the stage script import; pipelines.config only parses params (tracked as params).
-    used = imported_modules(["pipelines.evaluate", "metrics"], follow=("facedata", "metrics"))
-    assert listed == {f"{name.replace('.', '/')}.py" for name in used if name.startswith("facedata.")}
-    assert {"metrics", "pipelines/evaluate.py"} <= set(stage["deps"])
-
-
-def test_params_yaml_metrics_section_holds_the_code_defaults():
-    for name, values in params_mapping()["metrics"].items():
-        assert set(values) <= set(metrics.options(name)), name
-        assert all(metrics.options(name)[key] == value for key, value in values.items()), name  # defaults agree
+        registry.calc("pose_error", inputs, registry.options("pose_error", detector="fan"))

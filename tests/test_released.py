@@ -27,15 +27,16 @@ import torch
 import torch.nn.functional as F
 
 from anonygan import released as anonygan_released
+from anonygan.config import InferenceConfig, ModelConfig
 from anonygan.data import landmark_maps
-from anonygan.inference import AnonyGANInference, InferenceConfig
-from anonygan.model import Generator, ModelConfig
+from anonygan.inference import AnonyGANInference
+from anonygan.model import Generator
 from anonygan.released import VariantMismatch
-from baselines import identity_order, load_batch
-from baselines.ciagan import Ciagan, CiaganConfig
-from baselines.ciagan import Generator as CiaganGenerator
 from baselines.ciagan import released as ciagan_released
-from baselines.ciagan.anonymiser import CiaganInferenceConfig
+from baselines.ciagan.anonymiser import Ciagan
+from baselines.ciagan.config import CiaganInferenceConfig, CiaganModelConfig
+from baselines.ciagan.model import Generator as CiaganGenerator
+from baselines.interface import identity_order, load_batch
 from facedata.images import read_rgb
 from facedata.prepared import PreparedDataset
 from infra.errors import ParamsError
@@ -149,7 +150,7 @@ def plain_anonygan_generator(state: OrderedDict, variant: str) -> Generator:
 
 
 def plain_ciagan_generator(state: OrderedDict) -> CiaganGenerator:
-    generator = CiaganGenerator(CiaganConfig())
+    generator = CiaganGenerator(CiaganModelConfig())
     generator.load_state_dict(OrderedDict(zip(generator.state_dict(), state.values(), strict=True)), strict=True)
     return generator
 

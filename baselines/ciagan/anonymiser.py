@@ -18,9 +18,7 @@ running statistics). `frozen` runs eval(): the stored u and v, batched.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -28,28 +26,16 @@ import torch.nn.functional as F
 
 import runtime
 from baselines.ciagan import released
+from baselines.ciagan.config import CiaganInferenceConfig, CiaganModelConfig
 from baselines.ciagan.frame import network_inputs, to_crop, to_network
-from baselines.ciagan.model import CiaganConfig, Generator, load_checkpoint
-from baselines.interface import Anonymiser, FaceBatch, RunContext, register
+from baselines.ciagan.model import Generator, load_checkpoint
+from baselines.interface import Anonymiser, FaceBatch, RunContext
 from infra.errors import MissingInputError
 from infra.weight_files import released_file
 
 
-@dataclass(frozen=True)
-class CiaganInferenceConfig:
-    """How a CIAGAN generator anonymises the test sets (params `anonymisers.ciagan`)."""
-
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on CUDA only; CPU always runs fp32
-    # update: as the authors' test.py (no eval()): a spectral-norm power iteration per forward, one face per
-    # forward | frozen: eval(), the stored u and v, batched
-    spectral_norm: Literal["update", "frozen"] = "update"
-
-
-@register("ciagan")
 class Ciagan(Anonymiser):
     """A trained CIAGAN generator (models/ciagan/checkpoint.pt from `train-ciagan`)."""
-
-    Settings = CiaganInferenceConfig
 
     def __init__(self, generator: Generator, identity_order: Sequence[str],
                  settings: CiaganInferenceConfig = CiaganInferenceConfig(),
@@ -72,7 +58,7 @@ class Ciagan(Anonymiser):
         if not path.is_file():
             raise MissingInputError(f"{path} not found: run `dvc repro train-ciagan` first")
         state = load_checkpoint(path)
-        generator = Generator(CiaganConfig(**state["model_config"]))
+        generator = Generator(CiaganModelConfig(**state["model_config"]))
         generator.load_state_dict(state["modules"]["generator"])
         return cls(generator, identity_order, settings, device, batch_size)
 
@@ -106,7 +92,6 @@ class Ciagan(Anonymiser):
         return np.concatenate(outputs) if outputs else np.zeros_like(batch.source)
 
 
-@register("ciagan-released")
 class ReleasedCiagan(Ciagan):
     """The CIAGAN authors' released generator (models/<method>/modelG.pth from `download-released@<method>`)."""
 

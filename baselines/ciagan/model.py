@@ -14,50 +14,23 @@ is the same code. Channel widths scale with `width`; the authors' sizes are the 
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import runtime
-from infra.settings import Check, at_least, even
+from baselines.ciagan.config import CiaganModelConfig
 
 CHECKPOINT_KIND, CHECKPOINT_FORMAT = "ciagan", 2
-
-
-def _power_of_two(value: int) -> bool:
-    return value >= 8 and value & (value - 1) == 0
-
-
-@dataclass(frozen=True)
-class CiaganConfig:
-    """Architecture and network frame; the defaults are the authors' (their released generator has these sizes)."""
-
-    #: One-hot size: the number of training identities, counted from the data (not a parameter).
-    identities: int = field(default=1200, metadata={"params": False})
-    image_size: Annotated[int, Check(_power_of_two, "a power of two >= 8")] = 128  # network frame S x S
-    # The crop is squashed to round(frame_scale * S) square and the centre S x S cut (authors' loader).
-    frame_scale: Annotated[float, at_least(1.0)] = 1.125
-    generator_width: Annotated[int, even, at_least(2)] = 32  # channels after the first down block
-    identity_width: Annotated[int, Check(lambda w: w >= 8 and w % 8 == 0, "a multiple of 8")] = 256  # MLP width
-    discriminator_width: Annotated[int, at_least(1)] = 64
-    siamese_width: Annotated[int, at_least(1)] = 64
-    embedding_dim: Annotated[int, at_least(1)] = 1200  # siamese output; the authors size it like the one-hot
-
-    @property
-    def depth(self) -> int:
-        """Down blocks from the image to the 4 x 4 bottleneck."""
-        return int(math.log2(self.image_size // 4))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint written by `baselines.ciagan.training.CiaganTrainer`, on CPU; a DataError otherwise.
 
-    It holds `model_config` (CiaganConfig as a dict), `data.identities` (the training identities in
+    It holds `model_config` (CiaganModelConfig as a dict), `data.identities` (the training identities in
     one-hot order) and `modules` (networks, then optimisers, by name).
     """
     return runtime.load_checkpoint(path, CHECKPOINT_KIND, CHECKPOINT_FORMAT)
@@ -133,7 +106,7 @@ class Generator(nn.Module):
     position by position (`baselines.ciagan.released`).
     """
 
-    def __init__(self, config: CiaganConfig):
+    def __init__(self, config: CiaganModelConfig):
         super().__init__()
         self.config = config
         width = config.generator_width
@@ -172,7 +145,7 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     """Scores (image, landmark drawing) pairs: (B, 6, S, S) -> (B, 1)."""
 
-    def __init__(self, config: CiaganConfig):
+    def __init__(self, config: CiaganModelConfig):
         super().__init__()
         width = config.discriminator_width
         widths = [width * 2 ** min(level, 3) for level in range(config.depth)]
@@ -207,7 +180,7 @@ class BasicBlock(nn.Module):
 class Siamese(nn.Module):
     """Identity embedding of a face image: (B, 3, S, S) -> (B, embedding_dim)."""
 
-    def __init__(self, config: CiaganConfig):
+    def __init__(self, config: CiaganModelConfig):
         super().__init__()
         width = config.siamese_width
         self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())

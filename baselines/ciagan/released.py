@@ -16,7 +16,8 @@ from pathlib import Path
 
 from torch import Tensor
 
-from baselines.ciagan.model import CiaganConfig, Generator
+from baselines.ciagan.config import CiaganModelConfig
+from baselines.ciagan.model import Generator
 from infra.fetch import google_drive
 from infra.weight_files import CheckpointError, map_by_position, read_weights
 
@@ -36,6 +37,6 @@ def load(source: Path | Mapping[str, Tensor]) -> tuple[Generator, tuple[str, ...
         if weights.lightning:
             raise CheckpointError(f"{source} is a PyTorch Lightning checkpoint, not CIAGAN's generator state dict")
         state, name, notes = weights.state_dict, str(source), (weights.describe(),)
-    generator = Generator(CiaganConfig())
+    generator = Generator(CiaganModelConfig())
     generator.load_state_dict(map_by_position(state, generator, f"{name}: CIAGAN generator"), strict=True)
     return generator, notes

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,11 +33,11 @@ from tqdm import tqdm
 
 import runtime
 from baselines.ciagan.anonymiser import render_planes
+from baselines.ciagan.config import CiaganModelConfig, CiaganTrainConfig
 from baselines.ciagan.frame import network_inputs, random_boxes, to_network
 from baselines.ciagan.model import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_KIND,
-    CiaganConfig,
     Discriminator,
     Generator,
     Siamese,
@@ -45,45 +45,9 @@ from baselines.ciagan.model import (
 )
 from facedata.prepared import PreparedDataset
 from infra.errors import DataError
-from infra.settings import FieldError, above, at_least, even
 
 NETWORKS = ("generator", "discriminator", "siamese")
 LOSS_NAMES = ("siamese", "discriminator", "generator_gan", "generator_identity")
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """Optimisation settings; defaults are the authors' (run_training.py, train.py)."""
-
-    epochs: Annotated[int, at_least(1)] = 100  # authors' epoch: photos / (batch_size x 6 batches per iteration)
-    batch_size: Annotated[int, even, at_least(2)] = 16  # pairs; half random identities, half the same identity
-    learning_rate: Annotated[float, above(0)] = 1e-4  # all three networks
-    betas: tuple[Annotated[float, at_least(0)], Annotated[float, at_least(0)]] = (0.5, 0.999)
-    siamese_steps: Annotated[int, at_least(0)] = 1  # per iteration, in this order: siamese, critic, generator
-    critic_steps: Annotated[int, at_least(0)] = 1
-    generator_steps: Annotated[int, at_least(1)] = 3
-    contrastive_margin: Annotated[float, above(0)] = 3.0
-    # Training boxes span this share of the squashed frame (authors' augmentation); None: the test-time frame.
-    augment_crop: tuple[Annotated[float, above(0)], Annotated[float, above(0)]] | None = (0.5, 0.75)
-    seed: Annotated[int, at_least(0)] = 0
-    workers: Annotated[int, at_least(0)] = 8  # DataLoader processes decoding crops; 0 = in the training process
-    checkpoint_every: Annotated[int, at_least(1)] = 5  # epochs
-    sample_every: Annotated[int, at_least(1)] = 10  # epochs between sample images
-    precision: Literal["bf16", "fp32"] = "fp32"  # fp32 (the authors') | bf16 autocast on CUDA; CPU always runs fp32
-    resume: Literal["same_settings", "continue"] = "same_settings"  # see runtime.EpochTrainer.resume
-
-    def __post_init__(self) -> None:
-        if self.augment_crop is not None and not self.augment_crop[0] <= self.augment_crop[1] <= 1:
-            raise FieldError("augment_crop", f"must be [low, high] with 0 < low <= high <= 1; got "
-                                             f"{list(self.augment_crop)}")
-
-    @property
-    def batches_per_iteration(self) -> int:
-        return self.siamese_steps + 2 * self.critic_steps + self.generator_steps
-
-    def iterations_per_epoch(self, photos: int) -> int:
-        """The authors' epoch is photos / batch_size batches; one iteration consumes several batches."""
-        return max(1, photos // (self.batch_size * self.batches_per_iteration))
 
 
 def training_faces(pairs: pd.DataFrame, prepared: PreparedDataset) -> tuple[list[str], list[str], list[int]]:
@@ -168,7 +132,7 @@ class CiaganTrainer(runtime.EpochTrainer):
     resume_ignores = {"train_config": {"workers", "checkpoint_every", "sample_every", "resume"}}
     resume_changeable = {"train_config": {"learning_rate", "precision"}}
 
-    def __init__(self, config: CiaganConfig, training: TrainingConfig, faces: FaceSet | None = None,
+    def __init__(self, config: CiaganModelConfig, training: CiaganTrainConfig, faces: FaceSet | None = None,
                  checkpoint: Path = Path("checkpoint.pt"), live_dir: Path | None = None,
                  device: torch.device | None = None, identities: Sequence[str] = ()):
         self.config, self.training, self.faces = config, training, faces

@@ -43,8 +43,7 @@ def test_tiny_training_step_speed(benchmark, request, tmp_path, prepared, batch_
 def test_full_size_step_on_cuda(benchmark, tmp_path, prepared_celeba, precision):
     """The paper's configuration (220x180, batch 32, 24 same-image + 8 different-image pairs):
     bf16 autocast with channels-last against a plain fp32 eager step, in the same run."""
-    from anonygan.model import ModelConfig
-    from anonygan.training import TrainConfig
+    from anonygan.config import ModelConfig, TrainConfig
 
     data = PairData(PreparedDataset(prepared_celeba), pair_manifest(prepared_celeba))
     same, different = np.flatnonzero(data.same_image), np.flatnonzero(~data.same_image)

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from baselines.ciagan import Ciagan, CiaganConfig, Generator
-from baselines.ciagan.anonymiser import CiaganInferenceConfig
+from baselines.ciagan.anonymiser import Ciagan
+from baselines.ciagan.config import CiaganInferenceConfig, CiaganModelConfig
+from baselines.ciagan.model import Generator
 from baselines.classic import blur_inside, opencv_sigma, pixelate_inside
 from baselines.interface import load_batch
 from facedata.prepared import PreparedDataset
@@ -49,7 +50,7 @@ def test_ciagan_inference_speed(benchmark, batch, spectral_norm):
 
     frozen: eval(), batches of 64; update: the authors' test mode, a power iteration per forward, one face each.
     """
-    anonymiser = Ciagan(Generator(CiaganConfig()), batch.source_identity,
+    anonymiser = Ciagan(Generator(CiaganModelConfig()), batch.source_identity,
                         CiaganInferenceConfig(spectral_norm=spectral_norm))
     targets = np.arange(len(batch)) % 1200
     benchmark.pedantic(anonymiser.render, args=(batch, targets), rounds=3, warmup_rounds=1)

@@ -21,8 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import metrics
-from metrics import facenet
+from metrics import facenet, registry
 from metrics.fid import InceptionFeatures
 from tests.helpers import METRICS_CACHE
 
@@ -31,28 +30,28 @@ IMAGES = 1000
 
 
 @pytest.fixture(scope="module")
-def anonymised(lfw, tmp_path_factory) -> tuple[metrics.PairSet, Path]:
-    pairs = metrics.PairSet(lfw.manifest[lfw.manifest["source"].isin(lfw.prepared.ok.index)].iloc[:IMAGES],
+def anonymised(lfw, tmp_path_factory) -> tuple[registry.PairSet, Path]:
+    pairs = registry.PairSet(lfw.manifest[lfw.manifest["source"].isin(lfw.prepared.ok.index)].iloc[:IMAGES],
                             lfw.prepared)
     folder = tmp_path_factory.mktemp("anonymised")
     shift = np.random.default_rng().choice([-1, 1], size=(1, 1, 3))
     for pair_id, source in zip(pairs.manifest["pair_id"], pairs.manifest["source"], strict=True):
         crop = pairs.prepared.crop(source).astype(np.int16)
         Image.fromarray(np.clip(crop + shift, 0, 255).astype(np.uint8)).save(folder / f"{pair_id}.png")
-    return metrics.PairSet(lfw.manifest, lfw.prepared), folder
+    return registry.PairSet(lfw.manifest, lfw.prepared), folder
 
 
-def fresh_inputs(anonymised, tmp_path: Path) -> metrics.MetricInputs:
+def fresh_inputs(anonymised, tmp_path: Path) -> registry.MetricInputs:
     """Inputs with a copy of the persistent cache, so the run computes the anonymised features itself."""
     pairs, folder = anonymised
     shutil.rmtree(tmp_path / "cache", ignore_errors=True)
     shutil.copytree(METRICS_CACHE, tmp_path / "cache")
-    return metrics.MetricInputs(pairs, images=folder, cache=tmp_path / "cache")
+    return registry.MetricInputs(pairs, images=folder, cache=tmp_path / "cache")
 
 
 def run(names: list[str], anonymised, tmp_path: Path) -> dict:
     inputs = fresh_inputs(anonymised, tmp_path)
-    return {name: metrics.calc(name, inputs) for name in names}
+    return {name: registry.calc(name, inputs) for name in names}
 
 
 def record(benchmark, results: dict) -> None:
@@ -84,7 +83,7 @@ def test_facenet_cost_per_image(benchmark, anonymised, installed):
     rows = pairs.manifest[pairs.manifest["pair_id"].isin([int(p.stem) for p in folder.glob("*.png")])]
     landmarks = np.stack([pairs.prepared.landmarks(key) for key in rows["source"]])
     paths = [folder / f"{pair_id}.png" for pair_id in rows["pair_id"]]
-    device = metrics.MetricInputs(pairs, images=folder).torch_device
+    device = registry.MetricInputs(pairs, images=folder).torch_device
     result = benchmark.pedantic(facenet.outputs, args=("casia", paths, landmarks, device, 32), rounds=1)
     assert result.shape == (IMAGES, 513)
     benchmark.extra_info.update(images=IMAGES, ms_per_image=round(1000 * benchmark.stats.stats.mean / IMAGES, 1))
@@ -94,7 +93,7 @@ def test_facenet_cost_per_image(benchmark, anonymised, installed):
 def test_inception_throughput(benchmark, anonymised, installed, resize):
     _, folder = anonymised
     paths = sorted(folder.glob("*.png"))[:64]
-    extractor = InceptionFeatures(resize, metrics.MetricInputs(anonymised[0], images=folder).torch_device, 32)
+    extractor = InceptionFeatures(resize, registry.MetricInputs(anonymised[0], images=folder).torch_device, 32)
     features = benchmark.pedantic(extractor.compute, args=(paths,), rounds=1)
     assert features.shape == (64, 2048)
     benchmark.extra_info.update(images=len(paths), images_per_second=round(len(paths) / benchmark.stats.stats.mean, 2))

@@ -14,17 +14,15 @@ import numpy as np
 import torch
 
 from anonygan import released
-from anonygan.inference import AnonyGANInference, InferenceConfig
-from baselines.interface import Anonymiser, FaceBatch, RunContext, register
+from anonygan.config import InferenceConfig
+from anonygan.inference import AnonyGANInference
+from baselines.interface import Anonymiser, FaceBatch, RunContext
 from infra.errors import MissingInputError
 from infra.weight_files import released_file
 
 
-@register("anonygan")
 class AnonyGAN(Anonymiser):
     """A trained AnonyGAN checkpoint; `anonymisers.anonygan` sets the inference conventions."""
-
-    Settings = InferenceConfig
 
     def __init__(self, model: AnonyGANInference):
         self.model = model
@@ -41,7 +39,6 @@ class AnonyGAN(Anonymiser):
                                     batch.condition, batch.condition_landmarks)
 
 
-@register("anonygan-released")
 class ReleasedAnonyGAN(AnonyGAN):
     """The AnonyGAN authors' released checkpoint; `anonymisers.anonygan-released` sets the inference conventions."""
 
