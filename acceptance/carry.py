@@ -1,4 +1,5 @@
-"""Prepare `.gpu-carry/`, the folder a device `run` call carries: wheels and 64 real prepared LFW faces.
+"""Prepare `.gpu-carry/`, the folder a device `run` call carries: wheels, 64 real prepared LFW faces and the
+key layout of the authors' released AnonyGAN checkpoint.
 
     python -m acceptance.carry          # needs PyPI (pip download) and ../shared/data/lfw (dlib landmarks)
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from acceptance.faces import CARRY, REPO
+from acceptance.faces import CARRY, RELEASED_LAYOUT, REPO
 from facedata import datasets
 from facedata.prepare_engine import prepare_photos
 from facedata.prepared import PreparedDataset
@@ -30,6 +31,8 @@ from pipelines import config
 WHEELS = CARRY / "wheels"
 FACES = CARRY / "faces"
 SHARED_LFW = REPO.parent / "shared" / "data" / "lfw"
+#: The exact key layout of the AnonyGAN authors' released checkpoint (names, shapes, order; 223 kB).
+SHARED_LAYOUT = REPO.parent / "shared" / "reference" / "released-checkpoints" / RELEASED_LAYOUT.name
 #: Exact versions: pyproject's pins (facenet-pytorch) and the releases the CPU suite runs with.
 REQUIREMENTS = ("facenet-pytorch==2.5.3", "pytorch-fid==0.3.0", "ruamel.yaml==0.19.1")
 #: The packages of the device image (KINDS.md's list) that the run imports: with the wheels, all it has.
@@ -86,6 +89,12 @@ def prepare_faces(lfw_root: Path = SHARED_LFW, out: Path = FACES / "lfw", count:
     return out
 
 
+def copy_released_layout(source: Path = SHARED_LAYOUT) -> Path:
+    RELEASED_LAYOUT.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, RELEASED_LAYOUT)
+    return RELEASED_LAYOUT
+
+
 def carried_size(folder: Path = CARRY) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
@@ -96,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     wheels = download_wheels()
     faces = prepare_faces(args.lfw)
+    copy_released_layout()
     print(f"{CARRY}: {len(wheels)} wheels, {len(PreparedDataset(faces).ok)} faces, "
           f"{carried_size() / 2**20:.1f} MiB (a device call carries at most 64 MiB)")
 

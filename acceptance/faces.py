@@ -16,6 +16,8 @@ from facedata.prepared import PreparedDataset
 
 REPO = Path(__file__).resolve().parents[1]
 CARRY = REPO / ".gpu-carry"
+#: The key layout of the AnonyGAN authors' released checkpoint (../shared/reference/released-checkpoints).
+RELEASED_LAYOUT = CARRY / "reference" / "anonygan_lightning_keys.json"
 #: Another prepared folder holding a pairs.csv can stand in for the carried one (e.g. on a GPU workstation).
 FACES_VARIABLE = "ANONYGAN_GPU_FACES"
 

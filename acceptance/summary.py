@@ -42,9 +42,9 @@ def _lane(part: dict[str, Any] | None) -> list[str]:
     counts = ", ".join(f"{sum(o == kind for o in outcomes.values())} {kind.lower()}"
                        for kind in ("PASSED", "FAILED", "ERROR", "SKIPPED")
                        if any(o == kind for o in outcomes.values()))
-    lines = ["", "## The gpu test lane", "", counts or "no test reported an outcome", ""]
+    lines = ["", "## The gpu test lane", "", counts or "no test reported an outcome"]
     problems = [[test, outcome] for test, outcome in outcomes.items() if outcome in ("FAILED", "ERROR")]
-    return lines + (_table(["test", "outcome"], problems) if problems else [])
+    return lines + (["", *_table(["test", "outcome"], problems)] if problems else [])
 
 
 def _training(parts: dict[str, Any]) -> list[str]:

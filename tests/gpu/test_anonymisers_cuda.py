@@ -1,4 +1,5 @@
-"""Every anonymiser on CUDA gives its CPU output: blur, pixelation, CIAGAN and a trained-format AnonyGAN checkpoint.
+"""Every anonymiser on CUDA gives its CPU output: blur, pixelation, CIAGAN, a trained-format AnonyGAN checkpoint
+and a checkpoint in the layout of the authors' released one.
 
 Outputs are uint8 crops. Tolerance for the networks: float32 differences between the devices may move a
 pixel across a rounding boundary, so at most 1 % of the values may differ, and none by more than 2 grey levels.
@@ -7,18 +8,20 @@ pixel across a rounding boundary, so at most 1 % of the values may differ, and n
 from __future__ import annotations
 
 import copy
-from pathlib import Path
+import json
+from collections import OrderedDict
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from acceptance.faces import face_batch, hybrid_rows, training_batch
+from acceptance.faces import RELEASED_LAYOUT, face_batch, hybrid_rows, training_batch
+from anonygan import released
 from anonygan.data import NetworkInputs
-from anonygan.inference import InferenceConfig
+from anonygan.inference import AnonyGANInference, InferenceConfig
 from anonygan.training import Trainer
-from baselines import RunContext, create, identity_order
+from baselines import RunContext, anonymiser_class, create, identity_order
 from baselines.ciagan import Ciagan, CiaganConfig, Generator
 from baselines.ciagan.anonymiser import CiaganInferenceConfig
 from tests.gpu.steps import variant
@@ -61,15 +64,15 @@ def test_ciagan_on_cuda_matches_the_cpu(batch, spectral_norm, exact_fp32):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, pairs) -> Path:
-    """A trained-format checkpoint of the full anonygan-68 whose BatchNorm statistics were measured on real faces.
+def calibrated(tmp_path_factory, pairs) -> Trainer:
+    """The full anonygan-68 (CPU) whose generator's BatchNorm statistics were measured on real faces, saved.
 
     Fresh running statistics (mean 0, variance 1) make the eval-mode generator overflow to non-finite pixels,
     which inference refuses; measured ones keep it finite, as training would.
     """
     model, train = variant("anonygan-68")
-    folder = tmp_path_factory.mktemp("anonygan")
-    trainer = Trainer(model, train, pairs, folder / "checkpoint.pt", device=torch.device("cpu"))
+    trainer = Trainer(model, train, pairs, tmp_path_factory.mktemp("anonygan") / "checkpoint.pt",
+                      device=torch.device("cpu"))
     x = NetworkInputs.build(training_batch(pairs, hybrid_rows(pairs, 8)), model.landmark_indices,
                             torch.device("cpu"))
     for module in trainer.generator.modules():
@@ -79,13 +82,35 @@ def checkpoint(tmp_path_factory, pairs) -> Path:
     with torch.no_grad():
         trainer.generator(x.condition, x.context, x.condition_maps, x.source_maps)
     trainer.save()
-    return trainer.checkpoint
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def released_layout_state(calibrated) -> OrderedDict[str, torch.Tensor]:
+    """The calibrated networks' tensors under the keys, in the order, of the authors' released 68-landmark,
+    Landmark Attention checkpoint (the carried key layout): a file as `download-released` reads it."""
+    if not RELEASED_LAYOUT.is_file():
+        pytest.skip(f"no carried key layout at {RELEASED_LAYOUT}: run `python -m acceptance.carry`")
+    entries = json.loads(RELEASED_LAYOUT.read_text())["variants"]["68lm_chatt"]["state_dict"]
+    ours = {"G": calibrated.generator, "D_gan": calibrated.d_app, "D_pose": calibrated.d_lm}
+    tensors = {prefix: iter(network.state_dict().values()) for prefix, network in ours.items()}
+    return OrderedDict((entry["key"], next(tensors[entry["key"].split(".")[0]]).clone()) for entry in entries)
 
 
 @pytest.mark.parametrize("output", ["raw", "composited"])
-def test_anonygan_on_cuda_matches_the_cpu(checkpoint, batch, output, exact_fp32):
+def test_anonygan_on_cuda_matches_the_cpu(calibrated, batch, output, exact_fp32):
     outputs = {device: create("anonygan", InferenceConfig(output=output),
-                              RunContext(method="anonygan-68", dataset="lfw", checkpoint=checkpoint,
+                              RunContext(method="anonygan-68", dataset="lfw", checkpoint=calibrated.checkpoint,
                                          device=device, batch_size=4)).anonymise(batch)
+               for device in ("cpu", "cuda")}
+    assert_close_images(outputs["cuda"], outputs["cpu"])
+
+
+def test_a_released_layout_checkpoint_on_cuda_matches_the_cpu(released_layout_state, batch, exact_fp32):
+    """`anonygan-released`'s path: the authors' keys read into our networks, then the same inference code."""
+    loaded = released.load(released_layout_state, landmarks=68, landmark_attention=True)
+    anonymiser = anonymiser_class("anonygan-released")
+    outputs = {device: anonymiser(AnonyGANInference(copy.deepcopy(loaded.generator), InferenceConfig(),
+                                                    torch.device(device), 4)).anonymise(batch)
                for device in ("cpu", "cuda")}
     assert_close_images(outputs["cuda"], outputs["cpu"])
