@@ -6,5 +6,6 @@
 It runs the `gpu` test lane (tests/gpu/), then benchmarks training steps and the metric networks,
 each part in its own process under its own time budget, and writes OUT_DIR/summary.json and
 OUT_DIR/summary.md. `python -m acceptance.carry` prepares here what the machine lacks: wheels of the
-project's missing pure-Python dependencies and 64 real LFW faces, in the git-ignored folder `.gpu-carry/`.
+project's missing pure-Python dependencies, 64 real LFW faces and the key layout of the authors' released
+AnonyGAN checkpoint, in the git-ignored folder `.gpu-carry/`.
 """

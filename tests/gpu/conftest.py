@@ -1,4 +1,5 @@
-"""The gpu lane: CUDA against CPU. Every test here is marked `gpu` and skips without CUDA (CI has none).
+"""The gpu lane: CUDA against CPU. Every test here is marked `gpu` and skips without CUDA (CI has none):
+the skip is this folder's hook, so tests marked `gpu` belong here.
 
 Run it with `python -m pytest -m gpu` on a CUDA machine, or through `scripts/gpu-acceptance.sh` on the
 device machine. The real faces are the carried ones (`python -m acceptance.carry`, or ANONYGAN_GPU_FACES).
