@@ -196,7 +196,7 @@ def test_the_command_runs_in_an_environment_of_only_the_device_packages_and_the_
     environment |= {"PATH": f"{venv / 'bin'}:{os.environ['PATH']}", FACES_VARIABLE: str(carried),
                     "GPU_ACCEPTANCE_WHEELS": str(wheels)}
     result = subprocess.run(["bash", str(SCRIPT), "--tiny", str(tmp_path / "out")], cwd=REPO, env=environment,
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     record = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert record["environment"]["python"] != "" and set(record["parts"]) == set(BUDGETS)
