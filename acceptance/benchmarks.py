@@ -17,8 +17,8 @@ import torch
 
 import runtime
 from acceptance.faces import face_batch, faces_root, hybrid_rows, pair_data, training_batch
-from anonygan.model import ModelConfig
-from anonygan.training import TrainConfig, Trainer
+from anonygan.config import ModelConfig, TrainConfig
+from anonygan.training import Trainer
 
 #: One training sample (G update, then D_app and D_lm, hybrid mix) of the full model at 220x180, counted with
 #: torch.utils.flop_counter.FlopCounterMode around a real Trainer.step (docs/benchmarks.md, "expected cost").

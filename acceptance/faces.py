@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.utils.data import default_collate
 
 from anonygan.data import PairData
-from baselines import FaceBatch, load_batch
+from baselines.interface import FaceBatch, load_batch
 from facedata.prepared import PreparedDataset
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,9 +15,9 @@ import torch
 import torch.distributed as dist
 
 from acceptance.faces import REPO, faces_root, hybrid_rows, pair_data, training_batch
+from anonygan.config import ModelConfig, TrainConfig
 from anonygan.data import PairData
-from anonygan.model import ModelConfig
-from anonygan.training import TrainConfig, Trainer
+from anonygan.training import Trainer
 from pipelines import config
 
 VARIANTS = ("anonygan-plain-68", "anonygan-plain-29", "anonygan-la-68", "anonygan-68")

@@ -18,12 +18,15 @@ import torch
 
 from acceptance.faces import RELEASED_LAYOUT, face_batch, hybrid_rows, training_batch
 from anonygan import released
+from anonygan.config import InferenceConfig
 from anonygan.data import NetworkInputs
-from anonygan.inference import AnonyGANInference, InferenceConfig
+from anonygan.inference import AnonyGANInference
 from anonygan.training import Trainer
-from baselines import RunContext, anonymiser_class, create, identity_order
-from baselines.ciagan import Ciagan, CiaganConfig, Generator
-from baselines.ciagan.anonymiser import CiaganInferenceConfig
+from baselines import catalogue
+from baselines.ciagan.anonymiser import Ciagan
+from baselines.ciagan.config import CiaganInferenceConfig, CiaganModelConfig
+from baselines.ciagan.model import Generator
+from baselines.interface import RunContext, create, identity_order
 from tests.gpu.steps import variant
 
 pytestmark = pytest.mark.gpu
@@ -55,7 +58,7 @@ def test_the_classic_baselines_give_the_same_crops_with_cuda_present(batch, meth
 def test_ciagan_on_cuda_matches_the_cpu(batch, spectral_norm, exact_fp32):
     """The authors' network size, seeded random weights; both devices start from the same spectral-norm vectors."""
     torch.manual_seed(0)
-    generator = Generator(CiaganConfig())
+    generator = Generator(CiaganModelConfig())
     identities = identity_order(pd.DataFrame({"source_identity": batch.source_identity}))
     settings = CiaganInferenceConfig(spectral_norm=spectral_norm)
     outputs = {device: Ciagan(copy.deepcopy(generator), identities, settings, device).anonymise(batch)
@@ -109,7 +112,7 @@ def test_anonygan_on_cuda_matches_the_cpu(calibrated, batch, output, exact_fp32)
 def test_a_released_layout_checkpoint_on_cuda_matches_the_cpu(released_layout_state, batch, exact_fp32):
     """`anonygan-released`'s path: the authors' keys read into our networks, then the same inference code."""
     loaded = released.load(released_layout_state, landmarks=68, landmark_attention=True)
-    anonymiser = anonymiser_class("anonygan-released")
+    anonymiser = catalogue.entry("anonygan-released").load()
     outputs = {device: anonymiser(AnonyGANInference(copy.deepcopy(loaded.generator), InferenceConfig(),
                                                     torch.device(device), 4)).anonymise(batch)
                for device in ("cpu", "cuda")}

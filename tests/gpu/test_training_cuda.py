@@ -12,9 +12,10 @@ import torch
 
 from acceptance.benchmarks import TINY_MODEL
 from acceptance.faces import REPO, hybrid_rows, training_batch
+from anonygan.config import TrainConfig
 from anonygan.data import NetworkInputs
 from anonygan.model import Generator, LandmarkAttention, load_checkpoint
-from anonygan.training import LOSS_NAMES, TrainConfig, Trainer
+from anonygan.training import LOSS_NAMES, Trainer
 from tests.gpu.steps import BATCH, SEEDS, VARIANTS, one_step, variant
 
 pytestmark = pytest.mark.gpu
