@@ -6,18 +6,24 @@ Tests import from here (never from another test module); fixtures live in confte
 from __future__ import annotations
 
 import ast
+import base64
 import contextlib
+import csv
+import hashlib
 import io
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import struct
 import subprocess
 import sys
+import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +31,9 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 from PIL import Image
 
 from anonygan.config import ModelConfig, TrainConfig
@@ -333,6 +342,94 @@ def calibrated(network: torch.nn.Module, size: int) -> torch.nn.Module:
     with torch.no_grad():
         network(torch.rand(6, 3, size, size) * 2 - 1)
     return network.eval()
+
+
+# --- offline Python environments ---------------------------------------------------------------
+
+#: Top-level entries that no distribution owns alone: files installed outside site-packages (console scripts,
+#: which an installer writes anew from entry_points.txt) and bytecode caches (Python writes its own).
+SHARED_ENTRIES = ("..", "__pycache__")
+#: dist-info files that the installer wrote, not the wheel (a wheel's WHEEL and RECORD are written anew).
+INSTALLER_FILES = ("INSTALLER", "REQUESTED", "direct_url.json", "WHEEL", "RECORD")
+PURE_PYTHON_WHEEL = "Wheel-Version: 1.0\nGenerator: tests.helpers\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+
+
+def installed_closure(names: list[str]) -> dict[str, metadata.Distribution]:
+    """The installed distributions `names` and, in turn, those they require, by canonical name. A requirement
+    whose marker does not hold here (an extra, another platform) is not followed, nor one not installed here."""
+    found = {canonicalize_name(name): metadata.distribution(name) for name in names}
+    pending = list(found.values())
+    while pending:
+        for line in pending.pop().requires or ():
+            requirement = Requirement(line)
+            name = canonicalize_name(requirement.name)
+            if name in found or (requirement.marker and not requirement.marker.evaluate({"extra": ""})):
+                continue
+            with contextlib.suppress(metadata.PackageNotFoundError):
+                found[name] = metadata.distribution(name)
+                pending.append(found[name])
+    return found
+
+
+def top_level_entries(distribution: metadata.Distribution) -> set[str]:
+    """The first path components of the distribution's installed files: packages, modules, dist-info, .libs."""
+    assert distribution.files, f"{distribution.metadata['Name']} lists no installed files"
+    return {file.parts[0] for file in distribution.files} - set(SHARED_ENTRIES)
+
+
+def link_distributions(distributions: list[metadata.Distribution], site_packages: Path) -> None:
+    """Make the distributions importable from site_packages by symlinking their top-level entries there."""
+    for distribution in distributions:
+        for entry in sorted(top_level_entries(distribution)):
+            (site_packages / entry).symlink_to(distribution.locate_file(entry))
+
+
+def wheel_name(distribution: metadata.Distribution) -> str:
+    """`name-version` as wheel file and dist-info names spell it: runs of -_. in the name become one _."""
+    name = re.sub(r"[-_.]+", "_", distribution.metadata["Name"]).lower()
+    return f"{name}-{Version(distribution.version)}"
+
+
+def record_line(path: str, data: bytes) -> list[str]:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return [path, f"sha256={digest}", str(len(data))]
+
+
+def pure_python_wheel(requirement: str, folder: Path) -> Path:
+    """The wheel of the installed release that `requirement` pins, made from its installed files without the
+    network: the package files, its dist-info with a WHEEL for py3-none-any and a RECORD of every file."""
+    pin = Requirement(requirement)
+    distribution = metadata.distribution(pin.name)
+    assert pin.specifier.contains(distribution.version, prereleases=True), \
+        f"{pin.name} {distribution.version} is installed here, not {pin.specifier}"
+    purelib = "Root-Is-Purelib: true" in (distribution.read_text("WHEEL") or "")
+    compiled = [str(file) for file in distribution.files if file.suffix in (".so", ".pyd")]
+    assert purelib and not compiled, f"{pin.name} is not pure Python: {compiled}"
+    base = wheel_name(distribution)
+    contents: dict[str, bytes] = {}
+    for file in distribution.files:
+        head = file.parts[0]
+        if head in SHARED_ENTRIES or "__pycache__" in file.parts:
+            continue
+        if head.endswith(".dist-info"):
+            if file.name in INSTALLER_FILES:
+                continue
+            head = f"{base}.dist-info"
+        contents["/".join((head, *file.parts[1:]))] = file.read_binary()
+    contents[f"{base}.dist-info/WHEEL"] = PURE_PYTHON_WHEEL.encode()
+    record = io.StringIO()
+    writer = csv.writer(record, lineterminator="\n")
+    writer.writerows(record_line(path, data) for path, data in contents.items())
+    writer.writerow([f"{base}.dist-info/RECORD", "", ""])
+    contents[f"{base}.dist-info/RECORD"] = record.getvalue().encode()
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / f"{base}-py3-none-any.whl"
+    # The dist-info goes last, as the wheel format recommends, and RECORD (written last) at the very end.
+    last = sorted(contents, key=lambda path: path.startswith(f"{base}.dist-info/"))
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in last:
+            archive.writestr(path, contents[path])
+    return wheel
 
 
 # --- HTTP -------------------------------------------------------------------------------------

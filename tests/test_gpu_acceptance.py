@@ -1,14 +1,21 @@
 """The GPU acceptance run on a CPU: argument handling, part budgets, the summary, the lane's skips, and the whole
-command at tiny size in a virtual environment holding only the device image's packages plus the carried wheels."""
+command at tiny size in a virtual environment holding only the device image's packages plus the carried wheels,
+both made offline from the packages installed here."""
 
 from __future__ import annotations
 
+import base64
+import csv
+import hashlib
+import io
 import json
 import os
 import re
 import subprocess
 import sys
 import time
+import zipfile
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -17,10 +24,10 @@ import torch
 from acceptance import carry, summary
 from acceptance.__main__ import BUDGETS, arguments, lane_outcomes, main, run_within
 from acceptance.faces import FACES_VARIABLE
-from tests.helpers import REPO
+from tests.helpers import REPO, installed_closure, link_distributions, pure_python_wheel
 
 SCRIPT = REPO / "scripts" / "gpu-acceptance.sh"
-#: The virtual environment is cached here between runs (git-ignored); it is rebuilt when its package list changes.
+#: The virtual environment is cached here between runs (git-ignored); it is relinked when its package list changes.
 VENV = REPO / ".cache" / "gpu-acceptance" / "venv"
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks what happens without CUDA")
 
@@ -165,20 +172,50 @@ def test_the_gpu_lane_skips_cleanly_without_cuda():
     assert int(last.strip("= ").split()[0]) >= 20
 
 
-def device_venv() -> Path:
-    """A virtual environment (no system site packages) with only DEVICE_IMAGE_PACKAGES, torch and torchvision
-    at this machine's versions (its CPU build), built once and kept in .cache."""
-    from importlib.metadata import version
+#: Installed here in place of a device image package that is not: the same cv2 module, with GUI support.
+STAND_INS = {"opencv-python-headless": "opencv-python"}
 
-    packages = [f"torch=={torch.__version__}", f"torchvision=={version('torchvision')}",
-                *(name for name in carry.DEVICE_IMAGE_PACKAGES if name not in ("torch", "torchvision"))]
+
+def installed_here(name: str) -> str:
+    try:
+        metadata.distribution(name)
+        return name
+    except metadata.PackageNotFoundError:
+        return STAND_INS.get(name, name)
+
+
+def device_venv() -> Path:
+    """A virtual environment (no system site packages) in which only DEVICE_IMAGE_PACKAGES, pip (the device's
+    Python has it; the script installs the wheels with it) and what they require are importable: this
+    interpreter's installed copies, symlinked, so nothing is downloaded. Kept in .cache while they stay the same."""
+    allowed = installed_closure([installed_here(name) for name in (*carry.DEVICE_IMAGE_PACKAGES, "pip")])
+    stamp_text = "\n".join([sys.version, *sorted(f"{name}=={dist.version}" for name, dist in allowed.items())])
     stamp = VENV / "packages.txt"
-    if stamp.is_file() and stamp.read_text() == "\n".join(packages):
+    if stamp.is_file() and stamp.read_text() == stamp_text:
         return VENV
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
-    subprocess.run([str(VENV / "bin" / "python"), "-m", "pip", "install", "--quiet", *packages], check=True)
-    stamp.write_text("\n".join(packages))
+    subprocess.run([sys.executable, "-m", "venv", "--clear", "--without-pip", str(VENV)], check=True)
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    link_distributions(list(allowed.values()), VENV / "lib" / version / "site-packages")
+    stamp.write_text(stamp_text)
     return VENV
+
+
+def test_a_wheel_built_here_records_each_of_its_files_with_digest_and_size(tmp_path):
+    base = f"ruamel_yaml-{metadata.version('ruamel.yaml')}"  # the name normalised: runs of -_. become one _
+    wheel = pure_python_wheel(f"ruamel.yaml=={metadata.version('ruamel.yaml')}", tmp_path)
+    assert wheel.name == f"{base}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        record = list(csv.reader(io.StringIO(archive.read(f"{base}.dist-info/RECORD").decode())))
+        assert record[-1] == [f"{base}.dist-info/RECORD", "", ""] and names[-1] == record[-1][0]
+        assert sorted(row[0] for row in record) == sorted(names)
+        for path, digest, size in record[:-1]:
+            data = archive.read(path)
+            expected = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            assert digest == f"sha256={expected}" and int(size) == len(data), path
+        assert "Root-Is-Purelib: true\nTag: py3-none-any" in archive.read(f"{base}.dist-info/WHEEL").decode()
+        assert "ruamel/yaml/__init__.py" in names and f"{base}.dist-info/METADATA" in names
+        assert not any("__pycache__" in name or name.endswith(("INSTALLER", "direct_url.json")) for name in names)
 
 
 @pytest.mark.slow
@@ -186,9 +223,9 @@ def device_venv() -> Path:
 @no_cuda
 def test_the_command_runs_in_an_environment_of_only_the_device_packages_and_the_carried_wheels(carried, tmp_path):
     venv = device_venv()
-    wheels = REPO / ".cache" / "gpu-acceptance" / "wheels"
-    if len(list(wheels.glob("*.whl"))) != len(carry.REQUIREMENTS):
-        carry.download_wheels(wheels)
+    wheels = tmp_path / "wheels"
+    for requirement in carry.REQUIREMENTS:
+        pure_python_wheel(requirement, wheels)
     python = str(venv / "bin" / "python")
     assert subprocess.run([python, "-c", "import dlib"], capture_output=True).returncode != 0
     assert subprocess.run([python, "-c", "import facenet_pytorch"], capture_output=True).returncode != 0
