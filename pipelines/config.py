@@ -32,7 +32,10 @@ from facedata.protocol import PairsConfig
 from infra import settings as config
 from infra.errors import ParamsError
 from infra.fetch import DownloadConfig
-from infra.settings import Check, FieldError, at_least
+from infra.settings import Check, FieldError, at_least, slug
+
+#: Names that become folder names (outputs/<dataset>/<method>, models/<method>): checked as plain names.
+Name = Annotated[str, slug]
 
 
 @dataclass(frozen=True)
@@ -102,11 +105,11 @@ class Params:
     pairs: PairsConfig = field(default_factory=PairsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # overrides of model and train settings
+    variants: dict[Name, dict[str, Any]] = field(default_factory=dict)  # overrides of model and train settings
     ciagan: CiaganSettings = field(default_factory=CiaganSettings)
     anonymisers: dict[str, Any] = field(default_factory=dict)  # anonymiser -> its settings (defaults filled in)
-    released: dict[str, ReleasedConfig] = field(default_factory=dict)  # method -> the authors' file it loads
-    methods: dict[str, MethodConfig] = field(default_factory=dict)
+    released: dict[Name, ReleasedConfig] = field(default_factory=dict)  # method -> the authors' file it loads
+    methods: dict[Name, MethodConfig] = field(default_factory=dict)
     anonymise: AnonymiseConfig = field(default_factory=AnonymiseConfig)
     metrics: dict[str, Any] = field(default_factory=dict)  # registered metric -> its options (defaults filled in)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)

@@ -24,6 +24,7 @@ import metrics
 from facedata.datasets import DATASETS
 from facedata.prepared import PreparedDataset
 from infra.atomic import write_json, write_table
+from infra.errors import DataError
 from infra.fetch import ChecksumError
 from metrics.weights import WeightsUnavailableError
 from pipelines import stage
@@ -37,6 +38,18 @@ def pair_set(layout: Layout, dataset: str) -> metrics.PairSet:
     source = json.loads(require(layout.source(dataset), f"download@{dataset}").read_text())
     return metrics.PairSet(pd.read_csv(require(layout.test_pairs(dataset), "pairs")),
                            PreparedDataset(layout.prepared(dataset)), photos=Path(source["images_dir"]))
+
+
+def check_outputs(images: Path, method: str) -> None:
+    """A DataError naming the first image that anonymise@<method>'s manifest lists as written but is missing.
+
+    A damaged output folder would otherwise be evaluated with those pairs skipped, as if never anonymised.
+    """
+    written = pd.read_csv(images / "manifest.csv")
+    for pair_id in written.loc[written["status"] == "ok", "pair_id"]:
+        if not (images / f"{pair_id}.png").is_file():
+            raise DataError(f"{images}: {pair_id}.png is missing although manifest.csv lists it as anonymised: the "
+                            f"folder is damaged; re-run `dvc repro --force anonymise@{method}`")
 
 
 def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> dict:
@@ -53,6 +66,7 @@ def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> di
         write_json(layout.results(dataset, method), results)
         print(f"{dataset}/{method}: not evaluated, not available ({reason})")
         return results
+    check_outputs(images, method)
     inputs = metrics.MetricInputs(
         pairs,
         images=images,
