@@ -14,12 +14,12 @@ import textwrap
 import pytest
 
 from infra.atomic import OutsideError, aside_path, finish_swap, remove_inside, swap_in
-from infra.errors import DataError, ParamsError
+from infra.errors import ParamsError
 from infra.settings import slug
 from pipelines import anonymise, evaluate, report
 from pipelines.config import from_mapping
 from pipelines.layout import Layout
-from tests.helpers import REPO, fake_test_set, params, params_mapping, write_params
+from tests.helpers import REPO, fake_test_set, params, params_mapping, write_params, write_source
 
 HOSTILE_NAMES = ["../x", "..", ".hidden", "a/b", "Upper", "a..b", "", "../../../victim"]
 
@@ -118,13 +118,20 @@ def test_a_kill_after_the_new_folder_moved_in_keeps_the_new_one(tmp_path):
     assert (target / "0.png").read_text() == "new" and not aside_path(target).exists() and not new.exists()
 
 
-def test_evaluate_refuses_an_output_folder_missing_images_of_its_manifest(tmp_path):
+def test_evaluate_refuses_an_output_folder_missing_images_of_its_manifest(tmp_path, capsys):
     layout = Layout(tmp_path)
+    write_params(layout, params_mapping())
     for dataset in ("celeba", "lfw"):
         fake_test_set(layout, dataset)
+        write_source(layout, dataset, tmp_path / "photos")
     anonymise.run(params(), layout, "original")
-    images = layout.outputs("lfw", "original")
+    images = layout.outputs("celeba", "original")
     evaluate.check_outputs(images, "original")  # whole: accepted
-    (images / "0.png").unlink()
-    with pytest.raises(DataError, match=r"0\.png is missing although manifest\.csv lists it as anonymised"):
-        evaluate.check_outputs(images, "original")
+    (images / "0.png").unlink()  # half-deleted behind the manifest's back
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        evaluate.main(["original"], layout=layout)
+    line, = capsys.readouterr().err.splitlines()
+    assert stop.value.code == 2
+    assert line == (f"evaluate@original: {images}: 0.png is missing although manifest.csv lists it as anonymised: "
+                    "the folder is damaged; re-run `dvc repro --force anonymise@original`")
