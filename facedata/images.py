@@ -6,6 +6,7 @@ Greyscale, palette, CMYK and 16-bit inputs are converted; alpha is composited on
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -140,3 +141,10 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
     return np.asarray(image.convert("RGB"))
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """A uint8 image as PNG bytes (lossless; fast compression: crops are written once and read often)."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()

@@ -8,6 +8,7 @@ new, and `finish_swap` (which `swap_in` calls first) completes or undoes what it
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -39,8 +40,22 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, target)
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise DiskFullError(target) from None
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+class DiskFullError(SuiteError):
+    """No space left where a file was being written; the message names the file and the space that is free."""
+
+    def __init__(self, path: Path):
+        folder = next((parent for parent in [path, *path.absolute().parents] if parent.exists()), Path("/"))
+        free = shutil.disk_usage(folder).free
+        super().__init__(f"no space left on the device writing {path} ({free / 2**20:,.1f} MiB free in {folder}): "
+                         "nothing half-written was kept; free some space and re-run to continue")
 
 
 def remove_leftovers(folder: str | os.PathLike) -> int:

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from tqdm import tqdm
 
 from baselines import Anonymiser, RunContext, check_output, create, identity_order, load_batch
 from facedata.datasets import DATASETS
+from facedata.images import png_bytes
 from facedata.prepared import PreparedDataset
-from infra.atomic import finish_swap, swap_in, write_json, write_table
+from infra.atomic import finish_swap, swap_in, write_bytes, write_json, write_table
 from infra.errors import NotAvailableError
 from pipelines import stage
 from pipelines.config import Params
@@ -79,7 +79,7 @@ def anonymise_pairs(anonymiser: Anonymiser, manifest: pd.DataFrame, faces: Prepa
         batch = load_batch(todo.iloc[start : start + batch_size], faces, faces)
         images = check_output(batch, anonymiser.anonymise(batch), method)
         for pair_id, image in zip(batch.pair_ids, images, strict=True):
-            Image.fromarray(image).save(staging / f"{pair_id}.png", compress_level=1)
+            write_bytes(staging / f"{pair_id}.png", png_bytes(image))
     return np.where(runnable, "ok", "skipped: " + manifest["source_status"].astype(str))
 
 
@@ -104,7 +104,8 @@ def run(params: Params, layout: Layout, method: str) -> dict[str, dict]:
 
 
 def main(argv: list[str] | None = None, layout: Layout = Layout()) -> None:
-    stage.main(run, "anonymise", __doc__, item="method", argv=argv, layout=layout)
+    stage.main(run, "anonymise", __doc__, item="method", argv=argv, layout=layout,
+               lock_folder=lambda layout, _: layout.outputs_root)
 
 
 if __name__ == "__main__":

@@ -100,7 +100,8 @@ def run(params: Params, layout: Layout, method: str) -> dict[str, dict]:
 
 
 def main(argv: list[str] | None = None, layout: Layout = Layout()) -> None:
-    stage.main(run, "evaluate", __doc__, item="method", argv=argv, layout=layout)
+    stage.main(run, "evaluate", __doc__, item="method", argv=argv, layout=layout,
+               lock_folder=lambda layout, _: layout.results_root)
 
 
 if __name__ == "__main__":

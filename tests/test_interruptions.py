@@ -37,7 +37,8 @@ def test_leftovers_of_killed_stages_are_never_inputs_of_a_later_stage(tmp_path):
 
     layout = repository_copy(tmp_path / "repo")
     leftovers = ["outputs/celeba/.blur.partial/3.png", "data/raw/.lfw.extracting/lfw-deepfunneled/A/A_0001.jpg",
-                 "data/prepared/celeba/crops/.000001.jpg.png.k2j1.tmp", "models/anonygan-68/.checkpoint.pt.x.tmp"]
+                 "data/prepared/celeba/crops/.000001.jpg.png.k2j1.tmp", "models/anonygan-68/.checkpoint.pt.x.tmp",
+                 "data/prepared/celeba/.prepare@celeba.lock", "outputs/.anonymise@blur.lock"]
     kept = ["outputs/celeba/blur/3.png", "data/prepared/celeba/crops/000001.jpg.png"]
     for name in leftovers + kept:
         (layout.root / name).parent.mkdir(parents=True, exist_ok=True)
