@@ -8,6 +8,8 @@ known and named in the error.
 
 Workers ignore Ctrl-C (the parent handles it: it stops the run and keeps finished work) and, on
 Linux, die with the parent, so a killed stage leaves no worker behind that could still write.
+While the pool starts workers and threads, a Ctrl-C is held back for those few instructions and
+then delivered, so it can never leave a worker the pool does not know of.
 
 The calling process never runs the work itself, even for one worker: dlib's CNN detector starts
 a thread pool that a fork does not copy, so once a process has run it, workers forked from it
@@ -24,6 +26,7 @@ import signal
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from typing import Any
 
 from infra.errors import SuiteError
@@ -53,8 +56,9 @@ def imap_unordered(function: Callable[[Any], Any], items: Sequence[Any], workers
     queue = iter(enumerate(items))
     running: dict[Future, int] = {}
     try:
-        for position, item in itertools.islice(queue, workers):
-            running[pool.submit(function, item)] = position
+        with _deferred_interrupts():  # the first submit starts the workers and the pool's threads
+            for position, item in itertools.islice(queue, workers):
+                running[pool.submit(function, item)] = position
         while running:
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
@@ -67,13 +71,30 @@ def imap_unordered(function: Callable[[Any], Any], items: Sequence[Any], workers
                         "a worker process ended abruptly (killed, e.g. by the out-of-memory killer) while working "
                         f"on {', '.join(held)}") from None
                 for next_position, item in itertools.islice(queue, 1):
-                    running[pool.submit(function, item)] = next_position
+                    with _deferred_interrupts():
+                        running[pool.submit(function, item)] = next_position
                 yield position, result
     except BaseException:  # Ctrl-C, a dead worker, a consumer that stopped early: no waiting for a task in flight
         _terminate_workers(pool)
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextmanager
+def _deferred_interrupts() -> Iterator[None]:
+    """SIGINT held back for the block, and delivered as soon as it ends.
+
+    A Ctrl-C that lands inside `submit` could leave a forked worker that the pool never registered
+    (so never stopped) or a half-started pool; held back, it arrives once the pool is consistent,
+    where the caller stops every worker. Threads started in the block (the pool's manager and queue
+    feeder) keep SIGINT blocked for good, so it always reaches the main thread.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _terminate_workers(pool: ProcessPoolExecutor) -> None:

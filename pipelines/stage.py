@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pipelines
 from infra.atomic import DiskFullError
 from infra.errors import SuiteError
 from infra.locks import stage_lock
@@ -53,6 +54,7 @@ def main(run: Callable[..., Any], name: str, doc: str | None, *, item: str | Non
          choices: Sequence[str] | None = None, argv: list[str] | None = None, layout: Layout = Layout(),
          lock_folder: Callable[[Layout, str | None], Path] | None = None) -> Any:
     """Parse `argv`, load params.yaml from `layout` and call `run`; see the module doc."""
+    pipelines.started()
     parser = argparse.ArgumentParser(prog=f"python -m pipelines.{name}", description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     if item is not None:

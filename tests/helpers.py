@@ -215,6 +215,18 @@ def interrupted_at(trainer_class: type, epoch: int):
 
 
 @contextlib.contextmanager
+def busy_cores():
+    """Every core kept busy by a spinning process during the block: timing as on a loaded machine."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
+@contextlib.contextmanager
 def deadline(seconds: int):
     """Fail (TimeoutError in the main thread) instead of hanging when the block takes longer than `seconds`."""
 
