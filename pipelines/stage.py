@@ -10,13 +10,15 @@ status 2. Anything else is a bug and keeps its traceback.
 
 A stage holds a lock while it runs (`infra.locks`), in the folder `lock_folder(layout, item)`
 names (its output folder; by default the repository root): the same stage started again
-while it runs refuses in one line.
+while it runs refuses in one line. Under torchrun the first process holds it for the group.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -50,6 +52,11 @@ def guarded(label: str, function: Callable[[], Any]) -> Any:
         raise SystemExit(130) from None
 
 
+def _one_run_at_a_time(folder: Path, label: str) -> contextlib.AbstractContextManager:
+    """The stage's lock; under torchrun only the first process takes it, for the whole group."""
+    return stage_lock(folder, label) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
+
+
 def main(run: Callable[..., Any], name: str, doc: str | None, *, item: str | None = None,
          choices: Sequence[str] | None = None, argv: list[str] | None = None, layout: Layout = Layout(),
          lock_folder: Callable[[Layout, str | None], Path] | None = None) -> Any:
@@ -64,7 +71,7 @@ def main(run: Callable[..., Any], name: str, doc: str | None, *, item: str | Non
     label = name if value is None else f"{name}@{value}"
 
     def call() -> Any:
-        with stage_lock(lock_folder(layout, value) if lock_folder else layout.root, label):
+        with _one_run_at_a_time(lock_folder(layout, value) if lock_folder else layout.root, label):
             params = config.load(layout.params_file)
             return run(params, layout) if value is None else run(params, layout, value)
 
