@@ -38,7 +38,7 @@ from facedata.datasets import key_problem
 from facedata.images import ImageError, png_bytes
 from facedata.landmarks import LandmarkDetector
 from facedata.prepared import crop_relpath, mask_relpath
-from infra.atomic import remove_leftovers, write_bytes, write_json
+from infra.atomic import remove_inside, remove_leftovers, write_bytes, write_json
 from infra.errors import DataError
 from infra.journal import Journal
 from infra.pool import WorkerDiedError, imap_unordered
@@ -248,7 +248,7 @@ def _remove_stale_files(out: Path, keep: set[str]) -> None:
     for folder in ("crops", "masks"):
         for path in (out / folder).rglob("*.png") if (out / folder).is_dir() else ():
             if path.relative_to(out).as_posix() not in wanted:
-                path.unlink()
+                remove_inside(path, [out])  # never a file a link inside crops/ leads to
 
 
 def _summary(index: pd.DataFrame, label: str, config: PrepareConfig, processed: int, retried: int,
