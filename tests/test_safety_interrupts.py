@@ -2,7 +2,8 @@
 
 Both signals are sent on an event of the stopped process, never on a timer: the start-up one when
 `python -X importtime` reports that a module of the stage's imports has loaded, the pool one from
-inside the pool's own start of a worker. Both run with every core busy.
+inside the pool's own start of a worker, with another thread that may receive it. Both run with
+every core busy.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import psutil
@@ -66,6 +68,9 @@ def test_a_ctrl_c_while_the_pool_starts_its_workers_leaves_none_behind(monkeypat
             os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(multiprocessing.context.ForkProcess, "start", start_then_ctrl_c)
+    # A library's thread (torch, tqdm, a server) that the kernel may hand the signal to.
+    library_thread = threading.Thread(target=threading.Event().wait, args=(30,), daemon=True)
+    library_thread.start()
     with busy_cores():
         spinners = set(psutil.Process().children())
         with deadline(60), pytest.raises(KeyboardInterrupt):
@@ -76,3 +81,33 @@ def test_a_ctrl_c_while_the_pool_starts_its_workers_leaves_none_behind(monkeypat
             time.sleep(0.05)
         assert gone(interrupted[0])  # the worker forked as the Ctrl-C came was stopped too
         assert set(psutil.Process().children()) == spinners  # no worker left behind
+
+
+HANGING = multiprocessing.get_context("fork").Event()
+
+
+def hang(item: int) -> int:
+    HANGING.set()  # the worker's report that it hangs
+    time.sleep(3600)  # a library call that never returns
+    return item
+
+
+def test_a_ctrl_c_received_by_another_thread_stops_a_pool_whose_workers_all_hang():
+    HANGING.clear()
+    library_thread = threading.Thread(target=threading.Event().wait, args=(60,), daemon=True)
+    library_thread.start()
+    sent = []
+
+    def ctrl_c_to_the_library_thread_once_hanging():
+        if HANGING.wait(60):
+            sent.append(time.monotonic())
+            signal.pthread_kill(library_thread.ident, signal.SIGINT)  # the kernel may pick any thread
+
+    threading.Thread(target=ctrl_c_to_the_library_thread_once_hanging, daemon=True).start()
+    with busy_cores():
+        spinners = set(psutil.Process().children())
+        with deadline(60), pytest.raises(KeyboardInterrupt):
+            for _ in imap_unordered(hang, [1, 2], workers=2):
+                pass
+        assert time.monotonic() - sent[0] < 10
+        assert set(psutil.Process().children()) == spinners
