@@ -1,7 +1,10 @@
 """Evaluate images a third-party method wrote: `<directory>/<pair_id>.png`, one per manifest row.
 
 The images must already be anonymised crops in the canonical frame (the same size as the
-prepared crops, composited as the method intends); they are returned as they are.
+prepared crops, composited as the method intends), stored as PNG (lossless) inside the folder;
+they are returned as they are (16-bit or palette PNGs converted to 8-bit RGB, scaled). A file
+of another format (a JPEG named .png), another size, or a link leading out of the folder is
+refused in one line naming it.
 """
 
 from __future__ import annotations
@@ -42,6 +45,13 @@ class FolderAnonymiser(Anonymiser):
             )
         return cls(Path(root) / context.dataset)
 
+    def read(self, path: Path) -> np.ndarray:
+        """A lossless PNG inside the folder: a link leading out of it, or a JPEG by another name, is refused."""
+        real, folder = path.resolve(), self.directory.resolve()
+        if not real.is_relative_to(folder):
+            raise DataError(f"{path} leads to {real}, outside {folder}: the folder method reads only files inside it")
+        return read_rgb(path, formats=("PNG",))
+
     def anonymise(self, batch: FaceBatch) -> np.ndarray:
         paths = [self.directory / f"{pair_id}.png" for pair_id in batch.pair_ids]
         missing = [path.name for path in paths if not path.is_file()]
@@ -53,7 +63,7 @@ class FolderAnonymiser(Anonymiser):
         height, width = batch.source.shape[1:3]
         images = []
         for path in paths:
-            rgb = read_rgb(path)
+            rgb = self.read(path)
             if rgb.shape[:2] != (height, width):
                 raise DataError(f"{path} is {rgb.shape[1]}x{rgb.shape[0]} (WxH); the crops are {width}x{height}")
             images.append(rgb)

@@ -6,7 +6,10 @@ Greyscale, palette, CMYK and 16-bit inputs are converted; alpha is composited on
 
 from __future__ import annotations
 
+import io
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,20 +35,47 @@ class DecodedImage:
     original_size: tuple[int, int]  # (width, height) of the upright original
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 of an image the suite wrote or reads back (crops, anonymised images)."""
+#: Images the suite reads back are crops: one larger than this is refused before it is decoded.
+READ_MAX_PIXELS = 40_000_000
+
+
+@contextmanager
+def _explicit_pixel_limit() -> Iterator[None]:
+    """PIL's decompression-bomb check off: callers apply their own limit, as a status or a one-line error."""
+    previous_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as error:
-        raise DataError(f"{path}: not a readable image ({error})") from error
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous_limit
 
 
-def open_header(path: Path, max_pixels: int) -> Image.Image:
+def read_rgb(path: Path, formats: tuple[str, ...] = (), max_pixels: int = READ_MAX_PIXELS) -> np.ndarray:
+    """(H, W, 3) uint8 of an image the suite wrote or reads back (crops, anonymised images).
+
+    Every mode is converted as `decode` converts it (16-bit scaled down, not clipped; alpha on
+    white). A DataError naming the file for one that is unreadable, over `max_pixels`, or (when
+    `formats` are given, e.g. ("PNG",)) of another format, whatever its name says.
+    """
+    with _explicit_pixel_limit():
+        try:
+            image = open_header(path, max_pixels, "the limit on images read back")
+        except ImageError as error:
+            raise DataError(f"{path}: not a readable image ({error})") from error
+        with image:
+            if formats and image.format not in formats:
+                raise DataError(f"{path} is a {image.format} file, not {' or '.join(formats)}")
+            try:
+                image.load()
+                return _to_rgb(image)
+            except (OSError, SyntaxError, ValueError) as error:
+                raise DataError(f"{path}: not a readable image ({error})") from error
+
+
+def open_header(path: Path, max_pixels: int, setting: str = "prepare.max_pixels") -> Image.Image:
     """Open an image lazily and check its size; raises ImageError for empty, unreadable or huge files.
 
     PIL's decompression-bomb check is replaced by the explicit `max_pixels` limit, which is
-    applied here, before any pixel is decoded.
+    applied here, before any pixel is decoded; `setting` is its name in messages.
     """
     if not path.exists():
         raise ImageError("missing", f"{path} does not exist")
@@ -57,7 +87,7 @@ def open_header(path: Path, max_pixels: int) -> Image.Image:
         raise ImageError("unreadable", f"{path.name}: {error}") from error
     width, height = image.size
     if width * height > max_pixels:
-        raise ImageError("too_large", f"{width}x{height} exceeds prepare.max_pixels={max_pixels}")
+        raise ImageError("too_large", f"{width}x{height} exceeds {setting}={max_pixels}")
     return image
 
 
@@ -67,12 +97,9 @@ def decode(path: Path, max_side: int | None, max_pixels: int) -> DecodedImage:
     JPEGs are decoded directly at 1/2, 1/4 or 1/8 scale where that suffices (libjpeg's DCT
     scaling), so a 5000-px photo costs a fraction of a full decode.
     """
-    previous_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-    try:
+    with _explicit_pixel_limit():
         image = open_header(path, max_pixels)
         return _decode_opened(image, path, max_side)
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous_limit
 
 
 def _decode_opened(image: Image.Image, path: Path, max_side: int | None) -> DecodedImage:
@@ -114,3 +141,10 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
     return np.asarray(image.convert("RGB"))
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """A uint8 image as PNG bytes (lossless; fast compression: crops are written once and read often)."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import time
 from collections import Counter, defaultdict
 from contextlib import closing
@@ -32,15 +31,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from tqdm import tqdm
 
 from facedata.crops import PrepareConfig, prepare_face
 from facedata.datasets import key_problem
-from facedata.images import ImageError
+from facedata.images import ImageError, png_bytes
 from facedata.landmarks import LandmarkDetector
 from facedata.prepared import crop_relpath, mask_relpath
-from infra.atomic import remove_leftovers, write_bytes, write_json
+from infra.atomic import remove_inside, remove_leftovers, write_bytes, write_json
 from infra.errors import DataError
 from infra.journal import Journal
 from infra.pool import WorkerDiedError, imap_unordered
@@ -170,12 +168,6 @@ def _init_worker(config: PrepareConfig) -> None:
     _worker = (config, config.fingerprint(), _loaded_detector(config.detect_upsample, config.fallback_detector))
 
 
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
 def process(job: Job) -> tuple[dict, bytes | None, bytes | None]:
     """Prepare one photo: its index row, and its crop and mask as PNG bytes (None unless ok)."""
     config, fingerprint, detector = _worker
@@ -193,7 +185,7 @@ def process(job: Job) -> tuple[dict, bytes | None, bytes | None]:
     row.update(width=face.image_size[0], height=face.image_size[1], n_faces=face.n_faces, detector=face.detector,
                box=face.box.tolist(), landmarks=face.landmarks.ravel().tolist(),
                landmarks_image=face.landmarks_image.ravel().tolist(), transform=face.transform.as_list())
-    return row, _png(face.crop), _png(face.mask.astype(np.uint8) * 255)
+    return row, png_bytes(face.crop), png_bytes(face.mask.astype(np.uint8) * 255)
 
 
 def _process(jobs: list[Job], config: PrepareConfig, out: Path, journal: Journal, workers: int, label: str
@@ -256,7 +248,7 @@ def _remove_stale_files(out: Path, keep: set[str]) -> None:
     for folder in ("crops", "masks"):
         for path in (out / folder).rglob("*.png") if (out / folder).is_dir() else ():
             if path.relative_to(out).as_posix() not in wanted:
-                path.unlink()
+                remove_inside(path, [out])  # never a file a link inside crops/ leads to
 
 
 def _summary(index: pd.DataFrame, label: str, config: PrepareConfig, processed: int, retried: int,

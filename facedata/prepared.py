@@ -41,6 +41,7 @@ INDEX_COLUMNS = {
     "landmarks": "68 (x, y) crop coordinates, flattened to 136 floats",
     "landmarks_image": "the same landmarks in photo coordinates",
     "transform": "(x0, y0, scale): crop = scale * (photo - (x0, y0)), continuous coordinates",
+    "row_sha256": "SHA-256 over the row's other values (infra.journal): a re-run reuses the row only if it matches",
 }
 
 

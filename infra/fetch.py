@@ -21,6 +21,7 @@ from typing import Annotated
 import requests
 from tqdm import tqdm
 
+from infra.atomic import swap_in
 from infra.errors import DataError, SuiteError
 from infra.settings import above, at_least
 
@@ -284,8 +285,11 @@ def extract(archive: Path, destination: Path, protected: Collection[str] = ()) -
             raise UnsafeArchiveError(f"{archive.name} is neither a tar nor a zip archive")
         for entry in staging.iterdir():
             target = destination / entry.name
-            if target.exists():
+            if target.exists() and target.is_dir() != entry.is_dir():  # a file became a folder or the reverse
                 shutil.rmtree(target) if target.is_dir() else target.unlink()
-            os.replace(entry, target)
+            if entry.is_dir():
+                swap_in(entry, target)  # the old folder stays whole until the new one is in
+            else:
+                os.replace(entry, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -8,6 +8,11 @@ known and named in the error.
 
 Workers ignore Ctrl-C (the parent handles it: it stops the run and keeps finished work) and, on
 Linux, die with the parent, so a killed stage leaves no worker behind that could still write.
+While the pool starts workers and threads, a Ctrl-C is held back for those few instructions and
+then delivered, so it can never leave a worker the pool does not know of. The wait for results
+wakes up every `_POLL_S`: a SIGINT that the kernel handed to another thread (torch's, tqdm's)
+only flags the main thread, which must then run briefly to raise KeyboardInterrupt, even when
+every worker hangs.
 
 The calling process never runs the work itself, even for one worker: dlib's CNN detector starts
 a thread pool that a fork does not copy, so once a process has run it, workers forked from it
@@ -21,13 +26,17 @@ import itertools
 import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from typing import Any
 
 from infra.errors import SuiteError
 
+#: Longest wait for a result before this thread checks for a Ctrl-C again.
+_POLL_S = 0.2
 _PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): a signal the kernel sends when the parent dies
 
 
@@ -53,10 +62,13 @@ def imap_unordered(function: Callable[[Any], Any], items: Sequence[Any], workers
     queue = iter(enumerate(items))
     running: dict[Future, int] = {}
     try:
-        for position, item in itertools.islice(queue, workers):
-            running[pool.submit(function, item)] = position
+        with _deferred_interrupts():  # the first submit starts the workers and the pool's threads
+            for position, item in itertools.islice(queue, workers):
+                running[pool.submit(function, item)] = position
         while running:
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            # A timeout, so that a Ctrl-C whose signal another thread received is handled within moments
+            # even while every worker hangs (the handler runs only between this thread's instructions).
+            done, _ = wait(running, timeout=_POLL_S, return_when=FIRST_COMPLETED)
             for future in done:
                 position = running.pop(future)
                 try:
@@ -67,13 +79,39 @@ def imap_unordered(function: Callable[[Any], Any], items: Sequence[Any], workers
                         "a worker process ended abruptly (killed, e.g. by the out-of-memory killer) while working "
                         f"on {', '.join(held)}") from None
                 for next_position, item in itertools.islice(queue, 1):
-                    running[pool.submit(function, item)] = next_position
+                    with _deferred_interrupts():
+                        running[pool.submit(function, item)] = next_position
                 yield position, result
     except BaseException:  # Ctrl-C, a dead worker, a consumer that stopped early: no waiting for a task in flight
         _terminate_workers(pool)
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextmanager
+def _deferred_interrupts() -> Iterator[None]:
+    """A Ctrl-C held back for the block, and delivered once it ends (main thread only; elsewhere a no-op).
+
+    One that landed inside `submit` could leave a forked worker that the pool never registered (so
+    never stopped) or a half-started pool; held back, it arrives once the pool is consistent, where
+    the caller stops every worker. The Python handler is swapped for a recorder (a SIGINT may reach
+    any thread, but its handler always runs in this one), and SIGINT is blocked in this thread, so
+    the threads the pool starts meanwhile (its manager, the queue feeder) never receive it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    handler = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a SIGINT still pending goes to the restored handler
+    if received:
+        signal.raise_signal(signal.SIGINT)
 
 
 def _terminate_workers(pool: ProcessPoolExecutor) -> None:

@@ -11,7 +11,8 @@ A settings class is a frozen dataclass whose annotations say what each value may
 annotation and rejects keys the class does not have; every error is a `ParamsError` naming the
 dotted key (`anonymisers.blur.kernel_size must be odd; got 50`). Supported annotations: bool, int,
 float (ints accepted), str, `Literal[...]` choices, `X | None`, `tuple[X, ...]` / `tuple[X, Y]`
-(from YAML lists), `list[X]`, `dict[str, X]`, nested settings classes, and `Annotated[X, *checks]`.
+(from YAML lists), `list[X]`, `dict[str, X]` (keys may carry checks too: `dict[Annotated[str, slug], X]`),
+nested settings classes, and `Annotated[X, *checks]`.
 A missing key takes the field's default; a field with `metadata={"params": False}` is derived
 from data, not settable. Checks that involve several fields live in the class's
 `__post_init__` and raise `FieldError(field, message)`, which the loader also prefixes with the
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -51,6 +53,12 @@ def between(low: float, high: float) -> Check:
     return Check(lambda value: low <= value <= high, f"in [{low}, {high}]")
 
 
+def _is_slug(value: str) -> bool:
+    return re.fullmatch(r"[a-z0-9_-][a-z0-9._-]*", value) is not None and ".." not in value
+
+
+#: A name that becomes part of a path (a method's output folder, a model folder): it can never leave that folder.
+slug = Check(_is_slug, "a plain name (lower-case letters, digits, '.', '_' and '-', not starting with '.', no '..')")
 odd = Check(lambda value: value % 2 == 1, "odd")
 even = Check(lambda value: value % 2 == 0, "even")
 #: A probability or share.
@@ -161,7 +169,9 @@ def _convert(annotation: Any, value: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ParamsError(f"{where} must be a mapping; got {value!r}")
-        return {str(key): convert(args[1], item, join(where, str(key))) for key, item in value.items()}
+        # Keys are checked like values (`dict[Annotated[str, slug], X]`); a key's message names the entry.
+        return {convert(args[0], str(key), join(where, str(key))): convert(args[1], item, join(where, str(key)))
+                for key, item in value.items()}
     if dataclasses.is_dataclass(annotation):
         return load(annotation, value, where)
     if annotation is bool:

@@ -14,9 +14,15 @@ position: `map_by_position` pairs the tensors in order, checks each pair (same l
 the same kind of entry, e.g. `running_var`; same dtype; same shape) and names the first pair
 that differs before anything is loaded.
 
-Status. The `download-released@<method>` stage records what it fetched in
+Kinds. `torch.load` hands a zip archive holding `constants.pkl` (TorchScript) to `torch.jit.load`,
+which ignores `pickle_module` and runs the archive's code. So every file is classified first
+(`weights_kind`: a legacy pickle, a torch zip with `data.pkl`, TorchScript, anything else) and
+only the two pickle kinds reach the restricted reader; the others are refused in one line.
+
+Status. The `download-released@<method>` stage records what it fetched, with its SHA-256, in
 `models/<method>/status.json` (`write_status`); anonymisers find the file through
-`released_file`, which says why a method is not available when the download could not be made.
+`released_file`, which says why a method is not available when the download could not be made
+and re-checks the recorded digest before the file is read.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import collections
 import json
 import pickle
 import types
+import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -36,6 +43,7 @@ from torch import Tensor, nn
 
 from infra.atomic import write_json
 from infra.errors import DataError, MissingInputError, NotAvailableError
+from infra.fetch import ChecksumError, file_digest
 
 #: The only globals a file may bring to life. Storage classes never get this far: torch.load's own
 #: unpickler turns every "...Storage" name into an inert storage type first.
@@ -139,14 +147,51 @@ class Weights:
         return f"{self.path.name}: {kind} ({'; '.join(details)})"
 
 
+#: What `weights_kind` calls each kind of file; only the first two are read.
+LEGACY_PICKLE, TORCH_ZIP, TORCHSCRIPT, OTHER = "a legacy PyTorch pickle", "a PyTorch zip archive", \
+    "a TorchScript archive", "not a PyTorch file"
+PICKLE_KINDS = (LEGACY_PICKLE, TORCH_ZIP)
+#: The first byte of a pickle of protocol 2 or later: how legacy `torch.save` files begin.
+_PICKLE_PROTOCOL = 0x80
+
+
+def weights_kind(path: Path) -> str:
+    """Which kind of file `path` is, judged from its bytes alone (nothing in it is unpickled)."""
+    if not path.is_file():
+        raise MissingInputError(f"{path} not found")
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return OTHER
+        # torch.load's own test for TorchScript (torch.serialization._is_torchscript_zip), plus its code folder.
+        if any(name.rsplit("/", 1)[-1] == "constants.pkl" or "/code/" in name for name in names):
+            return TORCHSCRIPT
+        return TORCH_ZIP if any(name.rsplit("/", 1)[-1] == "data.pkl" for name in names) else OTHER
+    with open(path, "rb") as handle:
+        first = handle.read(1)
+    return LEGACY_PICKLE if first and first[0] == _PICKLE_PROTOCOL else OTHER
+
+
+def require_pickle_kind(path: Path) -> None:
+    """A CheckpointError unless `path` is one of the pickle kinds (checked before any loader opens it)."""
+    kind = weights_kind(path)
+    if kind == TORCHSCRIPT:
+        raise CheckpointError(f"{path} is {kind}: loading it would run the code it carries, so it is refused; "
+                              "it is not the authors' checkpoint")
+    if kind not in PICKLE_KINDS:
+        raise CheckpointError(f"{path} ({path.stat().st_size:,} bytes) is not a readable PyTorch file: it is "
+                              "probably truncated or corrupt (neither a pickle nor a zip archive with data.pkl)")
+
+
 def read_weights(path: Path) -> Weights:
     """The state dict of a Lightning checkpoint or of a plain state-dict file, read without running its code.
 
-    Everything else in the file (optimiser states, callbacks, ...) is dropped. A truncated or
-    corrupt file, or one holding no state dict of finite tensors, is a CheckpointError naming it.
+    Everything else in the file (optimiser states, callbacks, ...) is dropped. A TorchScript archive, a
+    truncated or corrupt file, or one holding no state dict of finite tensors, is a CheckpointError naming it.
     """
-    if not path.is_file():
-        raise MissingInputError(f"{path} not found")
+    require_pickle_kind(path)
     replaced: set[str] = set()
     try:
         loaded = torch.load(path, map_location="cpu", pickle_module=_restricted_pickle(replaced), weights_only=False)
@@ -224,7 +269,8 @@ def write_status(folder: Path, status: dict[str, Any]) -> None:
 def released_file(folder: Path, model: str, method: str) -> tuple[Path, dict[str, Any]]:
     """The file `download-released@<method>` fetched into `folder` (the `model` authors' release) and its status.
 
-    NotAvailableError (with the stage's reason) when the download could not be made.
+    NotAvailableError (with the stage's reason) when the download could not be made; a ChecksumError naming
+    both digests when the file no longer has the SHA-256 recorded at download.
     """
     status = read_status(folder)
     if not status:
@@ -234,4 +280,12 @@ def released_file(folder: Path, model: str, method: str) -> tuple[Path, dict[str
                         f"{model} one: set released.{method}.model to {model}")
     if not status["available"]:
         raise NotAvailableError(f"the authors' weights are not available: {status['reason']}")
-    return folder / status["file"], status
+    path = folder / status["file"]
+    if not path.is_file():
+        raise MissingInputError(f"{path} not found: run `dvc repro --force download-released@{method}`")
+    digest = file_digest(path, "sha256")
+    if digest != status.get("sha256"):
+        raise ChecksumError(f"{path} has SHA-256 {digest}, but download-released@{method} recorded "
+                            f"{status.get('sha256')} in {folder / STATUS}: the file changed since it was checked. "
+                            f"Run `dvc repro --force download-released@{method}` to check it again")
+    return path, status

@@ -4,7 +4,9 @@ For each dataset it writes lossless crops `outputs/<dataset>/<method>/<pair_id>.
 `manifest.csv` (pair_id, source, condition, status). Pairs whose source photo was not prepared
 are listed with their status and get no image. A method whose weights could not be obtained
 (the authors' released files, offline) gets no images: every pair is "not available", and
-summary.json says why. The folder is replaced as a whole only when every batch succeeded.
+summary.json says why. The folder is replaced as a whole only when every batch succeeded: the old
+one moves aside, the new one in, then the old one is removed (`infra.atomic.swap_in`), so a kill
+leaves one of them complete and the next run finishes the swap.
 
     python -m pipelines.anonymise <method>
 
@@ -15,20 +17,18 @@ section of its settings.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from tqdm import tqdm
 
 from baselines.interface import Anonymiser, RunContext, check_output, create, identity_order, load_batch
 from facedata.datasets import DATASETS
+from facedata.images import png_bytes
 from facedata.prepared import PreparedDataset
-from infra.atomic import write_json, write_table
+from infra.atomic import finish_swap, swap_in, write_bytes, write_json, write_table
 from infra.errors import NotAvailableError
 from pipelines import stage
 from pipelines.config import Params
@@ -61,8 +61,7 @@ def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> di
                    seconds=round(time.perf_counter() - started, 2))
     write_table(staging / "manifest.csv", manifest[["pair_id", "source", "condition"]].assign(status=status))
     write_json(staging / "summary.json", summary)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(staging, out)
+    swap_in(staging, out, layout.remove)
     if NOT_AVAILABLE in summary:
         print(f"{dataset}/{method}: not available ({summary[NOT_AVAILABLE]}); its rows say so")
     else:
@@ -80,18 +79,21 @@ def anonymise_pairs(anonymiser: Anonymiser, manifest: pd.DataFrame, faces: Prepa
         batch = load_batch(todo.iloc[start : start + batch_size], faces, faces)
         images = check_output(batch, anonymiser.anonymise(batch), method)
         for pair_id, image in zip(batch.pair_ids, images, strict=True):
-            Image.fromarray(image).save(staging / f"{pair_id}.png", compress_level=1)
+            write_bytes(staging / f"{pair_id}.png", png_bytes(image))
     return np.where(runnable, "ok", "skipped: " + manifest["source_status"].astype(str))
 
 
 def _clear_staging(layout: Layout, dataset: str, method: str) -> Path:
-    """Remove (a killed run's) staging folder of a method's outputs; returns its path.
+    """Clean up what a killed run left (its staging folder, a half-done swap); returns the staging folder's path.
 
     It sits beside the output folder, on the same file system, so the finished folder replaces the
-    old one in one rename. .dvcignore hides `.*.partial` from DVC: never an input of evaluate or report.
+    old one by renames (`swap_in`). .dvcignore hides `.*.partial` from DVC: never an input of
+    evaluate or report.
     """
-    staging = layout.outputs(dataset, method).parent / f".{method}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
+    out = layout.outputs(dataset, method)
+    finish_swap(out, layout.remove)
+    staging = out.parent / f".{method}.partial"
+    layout.remove(staging)
     return staging
 
 
@@ -102,7 +104,8 @@ def run(params: Params, layout: Layout, method: str) -> dict[str, dict]:
 
 
 def main(argv: list[str] | None = None, layout: Layout = Layout()) -> None:
-    stage.main(run, "anonymise", __doc__, item="method", argv=argv, layout=layout)
+    stage.main(run, "anonymise", __doc__, item="method", argv=argv, layout=layout,
+               lock_folder=lambda layout, _: layout.outputs_root)
 
 
 if __name__ == "__main__":

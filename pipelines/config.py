@@ -33,8 +33,11 @@ from facedata.protocol import PairsConfig
 from infra import settings
 from infra.errors import ParamsError
 from infra.fetch import DownloadConfig
-from infra.settings import Check, FieldError, at_least
+from infra.settings import Check, FieldError, at_least, slug
 from metrics import options
+
+#: Names that become folder names (outputs/<dataset>/<method>, models/<method>): checked as plain names.
+Name = Annotated[str, slug]
 
 
 @dataclass(frozen=True)
@@ -108,8 +111,8 @@ class Params:
     variants: dict[str, Variant] = field(default_factory=dict, metadata={"params": False})
     ciagan: CiaganConfig = field(default_factory=CiaganConfig)
     anonymisers: dict[str, Any] = field(default_factory=dict)  # anonymiser -> its settings (defaults filled in)
-    released: dict[str, ReleasedConfig] = field(default_factory=dict)  # method -> the authors' file it loads
-    methods: dict[str, MethodConfig] = field(default_factory=dict)
+    released: dict[Name, ReleasedConfig] = field(default_factory=dict)  # method -> the authors' file it loads
+    methods: dict[Name, MethodConfig] = field(default_factory=dict)
     anonymise: AnonymiseConfig = field(default_factory=AnonymiseConfig)
     metrics: dict[str, Any] = field(default_factory=dict)  # metric -> its options (defaults filled in)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -174,7 +177,7 @@ def from_mapping(raw: Any) -> Params:
     """Params from a plain mapping (params.yaml's content), every value checked once."""
     if not isinstance(raw, dict):
         raise ParamsError(f"params.yaml must be a mapping of sections; got {raw!r}")
-    overrides = settings.convert(dict[str, dict[str, Any]], raw.get("variants", {}), "variants")
+    overrides = settings.convert(dict[Name, dict[str, Any]], raw.get("variants", {}), "variants")
     params = settings.load(Params, {key: value for key, value in raw.items() if key != "variants"}, "")
     problem = crop_size_problem(*params.prepare.crop_size)
     if problem:

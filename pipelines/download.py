@@ -11,7 +11,6 @@ data/raw/celeba/ and verified, unless data.celeba.identity_list_file names a loc
 from __future__ import annotations
 
 import hashlib
-import shutil
 from pathlib import Path
 
 from facedata import datasets, protocol
@@ -128,7 +127,7 @@ def download(dataset: str, variant: str, layout: Layout, settings: DownloadConfi
 def run(params: Params, layout: Layout, dataset: str) -> dict:
     settings = getattr(params.data, dataset)
     out = layout.raw(dataset)
-    shutil.rmtree(staging_folder(out), ignore_errors=True)  # left by a killed extraction
+    layout.remove(staging_folder(out))  # left by a killed extraction
     out.mkdir(parents=True, exist_ok=True)
     if settings.root:
         root = layout.path(settings.root)

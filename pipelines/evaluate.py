@@ -22,6 +22,7 @@ import pandas as pd
 from facedata.datasets import DATASETS
 from facedata.prepared import PreparedDataset
 from infra.atomic import write_json, write_table
+from infra.errors import DataError
 from infra.fetch import ChecksumError
 from metrics import registry
 from metrics.weights import WeightsUnavailableError
@@ -38,6 +39,18 @@ def pair_set(layout: Layout, dataset: str) -> registry.PairSet:
                            PreparedDataset(layout.prepared(dataset)), photos=Path(source["images_dir"]))
 
 
+def check_outputs(images: Path, method: str) -> None:
+    """A DataError naming the first image that anonymise@<method>'s manifest lists as written but is missing.
+
+    A damaged output folder would otherwise be evaluated with those pairs skipped, as if never anonymised.
+    """
+    written = pd.read_csv(images / "manifest.csv")
+    for pair_id in written.loc[written["status"] == "ok", "pair_id"]:
+        if not (images / f"{pair_id}.png").is_file():
+            raise DataError(f"{images}: {pair_id}.png is missing although manifest.csv lists it as anonymised: the "
+                            f"folder is damaged; re-run `dvc repro --force anonymise@{method}`")
+
+
 def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> dict:
     params.method(method)
     settings = params.evaluate
@@ -52,6 +65,7 @@ def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> di
         write_json(layout.results(dataset, method), results)
         print(f"{dataset}/{method}: not evaluated, not available ({reason})")
         return results
+    check_outputs(images, method)
     inputs = registry.MetricInputs(
         pairs,
         images=images,
@@ -85,7 +99,8 @@ def run(params: Params, layout: Layout, method: str) -> dict[str, dict]:
 
 
 def main(argv: list[str] | None = None, layout: Layout = Layout()) -> None:
-    stage.main(run, "evaluate", __doc__, item="method", argv=argv, layout=layout)
+    stage.main(run, "evaluate", __doc__, item="method", argv=argv, layout=layout,
+               lock_folder=lambda layout, _: layout.results_root)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from infra.atomic import remove_inside
 from infra.errors import MissingInputError
 
 
@@ -88,6 +89,17 @@ class Layout:
     @property
     def live_root(self) -> Path:
         return self.root / "dvclive"
+
+    # -- what stages may delete -----------------------------------------------------------------
+    @property
+    def owned(self) -> tuple[Path, ...]:
+        """The folders stages write into: nothing outside them is ever deleted or replaced."""
+        return (self.root / "data", self.root / "models", self.outputs_root, self.results_root, self.reports,
+                self.live_root)
+
+    def remove(self, path: Path) -> None:
+        """Delete `path` (a file or a folder tree) strictly inside `owned`; an OutsideError, deleting nothing, else."""
+        remove_inside(path, self.owned)
 
 
 def require(path: Path, stage: str) -> Path:

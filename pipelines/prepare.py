@@ -42,8 +42,9 @@ def run(params: Params, layout: Layout, dataset: str) -> dict:
                           protocol_images(dataset, source, params), dataset, workers)
 
 
-def main(argv: list[str] | None = None, layout: Layout = Layout()) -> None:
-    stage.main(run, "prepare", __doc__, item="dataset", choices=datasets.DATASETS, argv=argv, layout=layout)
+def main(argv: list[str] | None = None, layout: Layout = Layout()) -> dict:
+    return stage.main(run, "prepare", __doc__, item="dataset", choices=datasets.DATASETS, argv=argv, layout=layout,
+               lock_folder=lambda layout, dataset: layout.prepared(dataset))
 
 
 if __name__ == "__main__":

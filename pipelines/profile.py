@@ -16,6 +16,7 @@ import sys
 import yaml
 from ruamel.yaml import YAML
 
+import pipelines
 from infra.atomic import atomic_path
 from infra.errors import ParamsError
 from pipelines.layout import Layout
@@ -53,6 +54,7 @@ def apply(profile: str, layout: Layout = Layout()) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    pipelines.started()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("profile")
     parser.add_argument("--no-repro", action="store_true", help="only rewrite params.yaml")

@@ -23,7 +23,7 @@ import yaml
 from facedata.images import read_rgb
 from facedata.prepared import PreparedDataset
 from infra.atomic import atomic_path, write_bytes, write_table
-from infra.errors import MissingInputError
+from infra.errors import MissingInputError, ParamsError
 from pipelines import stage
 from pipelines.config import Params
 from pipelines.layout import Layout
@@ -242,6 +242,8 @@ def qualitative(layout: Layout, dataset: str, methods: list[str], names: dict[st
 
 def run(params: Params, layout: Layout) -> dict[str, pd.DataFrame]:
     methods = list(params.methods)
+    if not methods:
+        raise ParamsError("params.yaml methods is empty: the tables need at least one method")
     paper = yaml.safe_load(layout.paper_numbers.read_text())
     all_results = {dataset: load_results(layout, dataset, methods) for dataset in TABLES}
     tables = {}

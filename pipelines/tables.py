@@ -1,7 +1,7 @@
 """Tables 1 and 2: our numbers beside the paper's, with the difference, N and failures.
 
 Input: one result dict per (dataset, method) as the evaluate stage writes it,
-{metric name: metrics.calc(...) result}, and reports/paper_numbers.yaml. A method that could not
+{metric name: metrics.registry.calc(...) result}, and reports/paper_numbers.yaml. A method that could not
 run (its weights not available) has instead {NOT_AVAILABLE: {"reason": ..., "n": 0, "n_skipped": pairs}}:
 its row says "not available" in every cell and the reason is printed under the table.
 """

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from infra.errors import DataError
+from infra.weight_files import PICKLE_KINDS, weights_kind
 
 
 def load_checkpoint(path: Path, kind: str, format_version: int) -> dict[str, Any]:
@@ -15,6 +16,10 @@ def load_checkpoint(path: Path, kind: str, format_version: int) -> dict[str, Any
 
     Memory-mapped: inference reads only the tensors it needs, not the optimiser states.
     """
+    file_kind = weights_kind(path)  # a TorchScript archive is refused before torch sees it
+    if file_kind not in PICKLE_KINDS:
+        raise DataError(f"{path} is not a readable {kind} checkpoint: it is {file_kind}; delete it and re-run its "
+                        "train stage")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # torch raises many types for truncated, corrupt or foreign files

@@ -146,6 +146,17 @@ def write_prepared(root: Path, faces: list[dict[str, Any]]) -> Path:
     return root
 
 
+def fake_test_set(layout: Layout, dataset: str) -> None:
+    """Two prepared 64x52 faces and one test pair between them."""
+    rng = np.random.default_rng(0)
+    faces = [{"key": f"{name}.jpg", "identity": name, "landmarks": rng.uniform(10, 40, (68, 2)),
+              "crop": rng.integers(0, 256, (64, 52, 3), dtype=np.uint8)} for name in ("a", "b")]
+    write_prepared(layout.prepared(dataset), faces)
+    layout.pairs.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"pair_id": [0], "source": ["a.jpg"], "condition": ["b.jpg"], "source_identity": ["a"],
+                  "source_status": ["ok"]}).to_csv(layout.test_pairs(dataset), index=False)
+
+
 def make_batch(images: np.ndarray, masks: np.ndarray, identities: list[str] | None = None,
                landmarks: np.ndarray | None = None) -> FaceBatch:
     """A FaceBatch of the given sources; conditions are the sources in reverse order."""
@@ -209,6 +220,18 @@ def interrupted_at(trainer_class: type, epoch: int):
         return train_epoch(self, progress)
 
     return interrupted
+
+
+@contextlib.contextmanager
+def busy_cores():
+    """Every core kept busy by a spinning process during the block: timing as on a loaded machine."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
 
 
 @contextlib.contextmanager

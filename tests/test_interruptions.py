@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import signal
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -16,18 +14,7 @@ from infra.pool import WorkerDiedError
 from metrics.store import map_parallel
 from pipelines import anonymise, pairs
 from pipelines.layout import Layout
-from tests.helpers import deadline, params, params_mapping, repository_copy, write_params, write_prepared
-
-
-def fake_test_set(layout: Layout, dataset: str) -> None:
-    """Two prepared 64x52 faces and one test pair between them."""
-    rng = np.random.default_rng(0)
-    faces = [{"key": f"{name}.jpg", "identity": name, "landmarks": rng.uniform(10, 40, (68, 2)),
-              "crop": rng.integers(0, 256, (64, 52, 3), dtype=np.uint8)} for name in ("a", "b")]
-    write_prepared(layout.prepared(dataset), faces)
-    layout.pairs.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"pair_id": [0], "source": ["a.jpg"], "condition": ["b.jpg"], "source_identity": ["a"],
-                  "source_status": ["ok"]}).to_csv(layout.test_pairs(dataset), index=False)
+from tests.helpers import deadline, fake_test_set, params, params_mapping, repository_copy, write_params
 
 
 def test_anonymise_removes_a_killed_runs_staging_folders_first(tmp_path):
@@ -50,7 +37,8 @@ def test_leftovers_of_killed_stages_are_never_inputs_of_a_later_stage(tmp_path):
 
     layout = repository_copy(tmp_path / "repo")
     leftovers = ["outputs/celeba/.blur.partial/3.png", "data/raw/.lfw.extracting/lfw-deepfunneled/A/A_0001.jpg",
-                 "data/prepared/celeba/crops/.000001.jpg.png.k2j1.tmp", "models/anonygan-68/.checkpoint.pt.x.tmp"]
+                 "data/prepared/celeba/crops/.000001.jpg.png.k2j1.tmp", "models/anonygan-68/.checkpoint.pt.x.tmp",
+                 "data/prepared/celeba/.prepare@celeba.lock", "outputs/.anonymise@blur.lock"]
     kept = ["outputs/celeba/blur/3.png", "data/prepared/celeba/crops/000001.jpg.png"]
     for name in leftovers + kept:
         (layout.root / name).parent.mkdir(parents=True, exist_ok=True)

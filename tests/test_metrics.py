@@ -350,7 +350,7 @@ def test_fid_and_kid_through_pytorch_fid_inception(installed, synthetic, tmp_pat
     assert result["n_skipped"] == 0 and result["seconds"] > 0
     assert result["weights"] == {"file": weights.PRETRAINED["inception"].filename, "origin": "pytorch-fid",
                                  "sha256": weights.PRETRAINED["inception"].sha256}
-    cached = sorted((tmp_path / "cache").glob("inception-*-clean-v*/*.npy"))
+    cached = sorted((tmp_path / "cache").glob("inception-*-clean-v*/*.npz"))
     assert len(cached) == 2  # real set (sorted keys) and anonymised set (pair order)
     noise = {i: np.full((220, 180, 3), 30 * i, np.uint8) for i in range(8)}
     flat = registry.MetricInputs(synthetic, images=anonymised_folder(tmp_path / "flat", synthetic, noise),
@@ -361,7 +361,7 @@ def test_fid_and_kid_through_pytorch_fid_inception(installed, synthetic, tmp_pat
     # 8 real and 8 anonymised images: every subset would be both whole sets, so one draw and no std.
     assert kid["subset_size"] == 8 and kid["subsets"] == 1 and kid["std"] is None and kid["value"] > 0
     # The real set's features were computed once: only the new anonymised set was added.
-    assert len(list((tmp_path / "cache").glob("inception-*-clean-v*/*.npy"))) == 3
+    assert len(list((tmp_path / "cache").glob("inception-*-clean-v*/*.npz"))) == 3
 
 
 def test_facenet_weights_with_wrong_digest_are_refused(installed, synthetic, tmp_path, monkeypatch):

@@ -159,7 +159,7 @@ def test_a_killed_run_resumes_with_only_the_unfinished_photos(photos, reference,
     result, session = killed_run(layout, signal_number, seed)
     check_the_kill(result, signal_number, session)
     done = journalled(layout.prepared("celeba"))
-    summary = prepare.run(load(layout.params_file), layout, "celeba")
+    summary = prepare.main(["celeba"], layout=layout)  # the next run of the stage takes over a killed run's lock
     assert summary["processed"] == 5 * PER_IDENTITY - len(done) and summary["reused"] == len(done)
     assert_same_as_reference(layout.prepared("celeba"), reference)
 
@@ -178,7 +178,7 @@ def test_a_run_killed_with_other_settings_never_leaves_a_row_vouching_for_its_cr
     _, found = contents(layout.prepared("celeba"))
     overwritten = {name.split("/", 1)[1][: -len(".png")] for name in expected if found.get(name) != expected[name]}
     assert overwritten, "the killed run wrote no crop: the case tests nothing"
-    summary = prepare.run(load(layout.params_file), layout, "celeba")
+    summary = prepare.main(["celeba"], layout=layout)  # the next run of the stage takes over a killed run's lock
     assert summary["processed"] == len(overwritten)  # exactly the photos whose files no longer match
     assert_same_as_reference(layout.prepared("celeba"), reference)
 

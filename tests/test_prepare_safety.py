@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 import os
 import signal
 import threading
@@ -22,7 +23,7 @@ from facedata import prepare_engine
 from facedata.prepared import INDEX_COLUMNS
 from pipelines import prepare
 from pipelines.layout import Layout
-from tests.helpers import deadline, write_params
+from tests.helpers import busy_cores, deadline, write_params
 
 GREY = Image.new("RGB", (100, 120), (128, 128, 128))
 
@@ -224,18 +225,28 @@ def test_ctrl_c_stops_prepare_at_once_even_while_a_worker_hangs(tmp_path, monkey
     layout = celeba_copy(tmp_path, {f"{i}.jpg": png(GREY) for i in range(4)}, workers=2)
     real = prepare_engine.prepare_face
 
+    hanging = multiprocessing.get_context("fork").Event()  # the worker's report, not a timer
+
     def hangs_on_the_last(path, config, detector):
         if path.name == "3.jpg":
+            hanging.set()
             time.sleep(3600)  # a library call that never returns
         return real(path, config, detector)
 
+    sent = []
+
+    def ctrl_c_once_hanging():
+        if hanging.wait(60):
+            sent.append(time.monotonic())
+            os.kill(os.getpid(), signal.SIGINT)
+
     monkeypatch.setattr(prepare_engine, "prepare_face", hangs_on_the_last)
-    ctrl_c = threading.Timer(3, os.kill, (os.getpid(), signal.SIGINT))
-    ctrl_c.start()
-    started = time.monotonic()
-    with deadline(60), pytest.raises(KeyboardInterrupt):
+    threading.Thread(target=ctrl_c_once_hanging, daemon=True).start()
+    with busy_cores(), deadline(60), pytest.raises(KeyboardInterrupt):
         prepare.run(prepare_params(layout), layout, "celeba")
-    assert time.monotonic() - started < 20
+    assert time.monotonic() - sent[0] < 10  # stopped within seconds of the Ctrl-C, the hung worker included
     assert psutil.Process().children() == []  # no worker left behind, hung or idle
     kept = pd.concat(pd.read_parquet(p) for p in (layout.prepared("celeba") / "journal").glob("*.parquet"))
-    assert sorted(kept["key"]) == ["0.jpg", "1.jpg", "2.jpg"]  # the finished photos are journalled
+    # The finished photos are journalled: 3.jpg was handed out after two results had come back (one task
+    # per worker in flight); 2.jpg may have been finishing when the Ctrl-C came.
+    assert set(kept["key"]) <= {"0.jpg", "1.jpg", "2.jpg"} and len(kept) >= 2
