@@ -15,14 +15,13 @@ the same kind of entry, e.g. `running_var`; same dtype; same shape) and names th
 that differs before anything is loaded.
 
 Status. The `download-released@<method>` stage records what it fetched in
-`models/<method>/status.json` (`write_status`); anonymisers find the file through
+`models/<method>/status.json` (infra.records.ReleaseStatus); anonymisers find the file through
 `released_file`, which says why a method is not available when the download could not be made.
 """
 
 from __future__ import annotations
 
 import collections
-import json
 import pickle
 import types
 from collections import OrderedDict
@@ -34,8 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from infra.atomic import write_json
 from infra.errors import DataError, MissingInputError, NotAvailableError
+from infra.records import STATUS, ReleaseStatus
 
 #: The only globals a file may bring to life. Storage classes never get this far: torch.load's own
 #: unpickler turns every "...Storage" name into an inert storage type first.
@@ -47,7 +46,6 @@ _TRUSTED = {
 }
 #: Training metadata a Lightning checkpoint carries at its top level, kept for the record.
 _LIGHTNING_INFO = ("epoch", "global_step", "pytorch-lightning_version")
-STATUS = "status.json"
 
 
 class CheckpointError(DataError):
@@ -211,27 +209,17 @@ def map_by_position(theirs: Mapping[str, Tensor], module: nn.Module, what: str,
     return mapped
 
 
-def read_status(folder: Path) -> dict[str, Any]:
-    """What `download-released` recorded in `folder` ({} before its first run)."""
-    path = folder / STATUS
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def write_status(folder: Path, status: dict[str, Any]) -> None:
-    write_json(folder / STATUS, status)
-
-
-def released_file(folder: Path, model: str, method: str) -> tuple[Path, dict[str, Any]]:
+def released_file(folder: Path, model: str, method: str) -> tuple[Path, ReleaseStatus]:
     """The file `download-released@<method>` fetched into `folder` (the `model` authors' release) and its status.
 
     NotAvailableError (with the stage's reason) when the download could not be made.
     """
-    status = read_status(folder)
-    if not status:
+    status = ReleaseStatus.read(folder)
+    if status is None:
         raise MissingInputError(f"{folder / STATUS} not found: run `dvc repro download-released@{method}` first")
-    if status["model"] != model:
-        raise DataError(f"{folder / STATUS} describes the {status['model']} release, but {method} loads the "
+    if status.model != model:
+        raise DataError(f"{folder / STATUS} describes the {status.model} release, but {method} loads the "
                         f"{model} one: set released.{method}.model to {model}")
-    if not status["available"]:
-        raise NotAvailableError(f"the authors' weights are not available: {status['reason']}")
-    return folder / status["file"], status
+    if not status.available:
+        raise NotAvailableError(f"the authors' weights are not available: {status.reason}")
+    return folder / status.file, status

@@ -6,13 +6,13 @@ import os
 import signal
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from facedata.prepared import PreparedDataset
 from infra.errors import DataError
 from infra.pool import WorkerDiedError
+from infra.records import TEST_PAIRS, pair_table
 from metrics.store import map_parallel
 from pipelines import anonymise, pairs
 from pipelines.layout import Layout
@@ -24,10 +24,10 @@ def fake_test_set(layout: Layout, dataset: str) -> None:
     rng = np.random.default_rng(0)
     faces = [{"key": f"{name}.jpg", "identity": name, "landmarks": rng.uniform(10, 40, (68, 2)),
               "crop": rng.integers(0, 256, (64, 52, 3), dtype=np.uint8)} for name in ("a", "b")]
-    write_prepared(layout.prepared(dataset), faces)
-    layout.pairs.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"pair_id": [0], "source": ["a.jpg"], "condition": ["b.jpg"], "source_identity": ["a"],
-                  "source_status": ["ok"]}).to_csv(layout.test_pairs(dataset), index=False)
+    index = PreparedDataset(write_prepared(layout.prepared(dataset), faces)).index
+    lfw = {"first": ["b.jpg"], "same": [False]} if dataset == "lfw" else {}
+    pairs = pair_table(TEST_PAIRS[dataset], index, ["a.jpg"], ["b.jpg"], **lfw)
+    TEST_PAIRS[dataset].write(layout.test_pairs(dataset), pairs)
 
 
 def test_anonymise_removes_a_killed_runs_staging_folders_first(tmp_path):
