@@ -33,6 +33,7 @@ from baselines import FaceBatch
 from facedata.crops import PREPARE_VERSION
 from facedata.prepared import PreparedDataset, crop_relpath, mask_relpath
 from infra.fetch import file_digest
+from infra.records import TRAIN_PAIRS, pair_table
 from metrics import weights
 from pipelines import config
 from pipelines.layout import Layout
@@ -174,12 +175,8 @@ def pair_manifest(prepared: Path) -> pd.DataFrame:
         keys = list(faces["key"])
         rows += [(key, key, True) for key in keys]
         rows += [(key, keys[(i + 1) % len(keys)], False) for i, key in enumerate(keys)]
-    frame = pd.DataFrame(rows, columns=["source", "condition", "same_image"])
-    identity = index["identity"]  # indexed by key
-    frame["source_identity"] = frame["source"].map(identity)
-    frame["condition_identity"] = frame["condition"].map(identity)
-    frame.insert(0, "pair_id", range(len(frame)))
-    return frame
+    sources, conditions, same = zip(*rows, strict=True)
+    return pair_table(TRAIN_PAIRS, index, sources, conditions, same_image=same)
 
 
 def tiny_configs(method: str = "anonygan-68", **overrides) -> tuple[ModelConfig, TrainConfig]:
