@@ -124,6 +124,13 @@ def small_prepared(prepared_celeba, tmp_path_factory) -> Path:
     return write_prepared(tmp_path_factory.mktemp("prepared-small"), faces)
 
 
+@pytest.fixture(autouse=True)
+def same_torch_random_state():
+    """Every test starts from one torch random state, so what it draws (a random network's weights) does not
+    depend on which tests ran before it; pytest-randomly does the same for `random` and NumPy."""
+    torch.manual_seed(0)
+
+
 @pytest.fixture
 def one_thread():
     """The test machine's cores are shared; one torch thread is faster than two contending ones."""

@@ -11,13 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 import metrics
 from facedata.prepared import PreparedDataset
+from infra.records import TEST_PAIRS, pair_table
 from metrics.dlib_faces import hog_faces
 from metrics.reid import lfw_verification_accuracy
 from tests.helpers import METRICS_CACHE, write_prepared
@@ -59,10 +59,7 @@ def inputs(pairs: metrics.PairSet, folder: Path, **settings) -> metrics.MetricIn
 def celeba(prepared_celeba) -> metrics.PairSet:
     """Every aligned CelebA mini photo as the source of one pair."""
     prepared = PreparedDataset(prepared_celeba)
-    keys = sorted(prepared.ok.index)
-    manifest = pd.DataFrame({"pair_id": range(len(keys)), "source": keys,
-                             "source_identity": [prepared.identity(k) for k in keys]})
-    return metrics.PairSet(manifest, prepared)
+    return metrics.PairSet(pair_table(TEST_PAIRS["celeba"], prepared.index, sorted(prepared.ok.index)), prepared)
 
 
 @pytest.fixture(scope="module")
