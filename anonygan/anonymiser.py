@@ -48,6 +48,6 @@ class ReleasedAnonyGAN(AnonyGAN):
     def from_config(cls, settings: InferenceConfig, context: RunContext) -> AnonyGAN:
         path, status = released_file(context.released, cls.released_model, context.method)
         # The variant download-released recorded: a file changed since is refused.
-        loaded = released.load(path, status["landmarks"], status["landmark_attention"])
+        loaded = released.load(path, status.details["landmarks"], status.details["landmark_attention"])
         device = torch.device(context.device) if context.device is not None else None
         return cls(AnonyGANInference(loaded.generator, settings, device, context.batch_size))

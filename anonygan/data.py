@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from facedata.prepared import PreparedDataset
 from infra.errors import DataError, MissingInputError
+from infra.records import TRAIN_PAIRS
 
 PAIR_COLUMNS = ("source", "condition", "same_image")
 
@@ -92,7 +93,7 @@ class PairData(Dataset):
     def from_files(cls, manifest: Path, prepared_root: Path) -> PairData:
         if not manifest.is_file():
             raise MissingInputError(f"{manifest} not found: run `dvc repro pairs` first")
-        return cls(PreparedDataset(prepared_root), pd.read_csv(manifest))
+        return cls(PreparedDataset(prepared_root), TRAIN_PAIRS.read(manifest))
 
     def __len__(self) -> int:
         return len(self.pairs)

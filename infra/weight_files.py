@@ -20,7 +20,7 @@ which ignores `pickle_module` and runs the archive's code. So every file is clas
 only the two pickle kinds reach the restricted reader; the others are refused in one line.
 
 Status. The `download-released@<method>` stage records what it fetched, with its SHA-256, in
-`models/<method>/status.json` (`write_status`); anonymisers find the file through
+`models/<method>/status.json` (`infra.records.ReleaseStatus`); anonymisers find the file through
 `released_file`, which says why a method is not available when the download could not be made
 and re-checks the recorded digest before the file is read.
 """
@@ -28,7 +28,6 @@ and re-checks the recorded digest before the file is read.
 from __future__ import annotations
 
 import collections
-import json
 import pickle
 import types
 import zipfile
@@ -41,9 +40,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from infra.atomic import write_json
 from infra.errors import DataError, MissingInputError, NotAvailableError
 from infra.fetch import ChecksumError, file_digest
+from infra.records import STATUS, ReleaseStatus
 
 #: The only globals a file may bring to life. Storage classes never get this far: torch.load's own
 #: unpickler turns every "...Storage" name into an inert storage type first.
@@ -55,7 +54,6 @@ _TRUSTED = {
 }
 #: Training metadata a Lightning checkpoint carries at its top level, kept for the record.
 _LIGHTNING_INFO = ("epoch", "global_step", "pytorch-lightning_version")
-STATUS = "status.json"
 
 
 class CheckpointError(DataError):
@@ -256,36 +254,26 @@ def map_by_position(theirs: Mapping[str, Tensor], module: nn.Module, what: str,
     return mapped
 
 
-def read_status(folder: Path) -> dict[str, Any]:
-    """What `download-released` recorded in `folder` ({} before its first run)."""
-    path = folder / STATUS
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def write_status(folder: Path, status: dict[str, Any]) -> None:
-    write_json(folder / STATUS, status)
-
-
-def released_file(folder: Path, model: str, method: str) -> tuple[Path, dict[str, Any]]:
+def released_file(folder: Path, model: str, method: str) -> tuple[Path, ReleaseStatus]:
     """The file `download-released@<method>` fetched into `folder` (the `model` authors' release) and its status.
 
     NotAvailableError (with the stage's reason) when the download could not be made; a ChecksumError naming
     both digests when the file no longer has the SHA-256 recorded at download.
     """
-    status = read_status(folder)
-    if not status:
+    status = ReleaseStatus.read(folder)
+    if status is None:
         raise MissingInputError(f"{folder / STATUS} not found: run `dvc repro download-released@{method}` first")
-    if status["model"] != model:
-        raise DataError(f"{folder / STATUS} describes the {status['model']} release, but {method} loads the "
+    if status.model != model:
+        raise DataError(f"{folder / STATUS} describes the {status.model} release, but {method} loads the "
                         f"{model} one: set released.{method}.model to {model}")
-    if not status["available"]:
-        raise NotAvailableError(f"the authors' weights are not available: {status['reason']}")
-    path = folder / status["file"]
+    if not status.available:
+        raise NotAvailableError(f"the authors' weights are not available: {status.reason}")
+    path = folder / status.file
     if not path.is_file():
         raise MissingInputError(f"{path} not found: run `dvc repro --force download-released@{method}`")
     digest = file_digest(path, "sha256")
-    if digest != status.get("sha256"):
+    if digest != status.sha256:
         raise ChecksumError(f"{path} has SHA-256 {digest}, but download-released@{method} recorded "
-                            f"{status.get('sha256')} in {folder / STATUS}: the file changed since it was checked. "
+                            f"{status.sha256} in {folder / STATUS}: the file changed since it was checked. "
                             f"Run `dvc repro --force download-released@{method}` to check it again")
     return path, status

@@ -28,28 +28,28 @@ from baselines.interface import Anonymiser, RunContext, check_output, create, id
 from facedata.datasets import DATASETS
 from facedata.images import png_bytes
 from facedata.prepared import PreparedDataset
-from infra.atomic import finish_swap, swap_in, write_bytes, write_json, write_table
+from infra.atomic import finish_swap, swap_in, write_bytes
 from infra.errors import NotAvailableError
+from infra.records import ANONYMISED, TEST_PAIRS, AnonymiseSummary
 from pipelines import stage
 from pipelines.config import Params
 from pipelines.layout import Layout, require
-from pipelines.tables import NOT_AVAILABLE
 
 
-def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> dict:
+def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> AnonymiseSummary:
     started = time.perf_counter()
     entry = params.method(method)
-    manifest = pd.read_csv(require(layout.test_pairs(dataset), "pairs"))
+    manifest = TEST_PAIRS[dataset].read(require(layout.test_pairs(dataset), "pairs"))
     faces = PreparedDataset(layout.prepared(dataset))
     context = RunContext(method=method, dataset=dataset, identities=identity_order(manifest),
                          checkpoint=layout.checkpoint(method), released=layout.released(method),
                          root=layout.path(entry.root) if entry.root else None,
                          batch_size=params.anonymise.batch_size)
-    summary = {"dataset": dataset, "method": method, "pairs": len(manifest)}
+    unavailable = None
     try:
         anonymiser = create(entry.anonymiser_name(method), params.anonymiser_settings(method), context)
     except NotAvailableError as error:
-        anonymiser, summary[NOT_AVAILABLE] = None, str(error)
+        anonymiser, unavailable = None, str(error)
     out = layout.outputs(dataset, method)
     staging = _clear_staging(layout, dataset, method)
     staging.mkdir(parents=True)
@@ -57,16 +57,17 @@ def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> di
         status = np.full(len(manifest), "not available")
     else:
         status = anonymise_pairs(anonymiser, manifest, faces, staging, params.anonymise.batch_size, method, dataset)
-    summary.update(anonymised=int((status == "ok").sum()), skipped=int((status != "ok").sum()),
-                   seconds=round(time.perf_counter() - started, 2))
-    write_table(staging / "manifest.csv", manifest[["pair_id", "source", "condition"]].assign(status=status))
-    write_json(staging / "summary.json", summary)
+    summary = AnonymiseSummary(dataset, method, pairs=len(manifest), anonymised=int((status == "ok").sum()),
+                               skipped=int((status != "ok").sum()), seconds=round(time.perf_counter() - started, 2),
+                               not_available=unavailable)
+    ANONYMISED.write(staging / "manifest.csv", manifest[["pair_id", "source", "condition"]].assign(status=status))
+    summary.write(staging / "summary.json")
     swap_in(staging, out, layout.remove)
-    if NOT_AVAILABLE in summary:
-        print(f"{dataset}/{method}: not available ({summary[NOT_AVAILABLE]}); its rows say so")
+    if unavailable is not None:
+        print(f"{dataset}/{method}: not available ({unavailable}); its rows say so")
     else:
-        print(f"{dataset}/{method}: {summary['anonymised']} of {summary['pairs']} pairs anonymised, "
-              f"{summary['skipped']} skipped (source not prepared) in {summary['seconds']} s")
+        print(f"{dataset}/{method}: {summary.anonymised} of {summary.pairs} pairs anonymised, "
+              f"{summary.skipped} skipped (source not prepared) in {summary.seconds} s")
     return summary
 
 
@@ -97,7 +98,7 @@ def _clear_staging(layout: Layout, dataset: str, method: str) -> Path:
     return staging
 
 
-def run(params: Params, layout: Layout, method: str) -> dict[str, dict]:
+def run(params: Params, layout: Layout, method: str) -> dict[str, AnonymiseSummary]:
     for dataset in DATASETS:
         _clear_staging(layout, dataset, method)
     return {dataset: run_dataset(params, layout, method, dataset) for dataset in DATASETS}

@@ -28,7 +28,8 @@ from typing import Any
 from anonygan import released as anonygan_released
 from baselines.ciagan import released as ciagan_released
 from infra.fetch import ChecksumError, DownloadError, Remote, fetch, file_digest
-from infra.weight_files import STATUS, CheckpointError, read_status, write_status
+from infra.records import STATUS, ReleaseStatus
+from infra.weight_files import CheckpointError
 from pipelines import stage
 from pipelines.config import Params, ReleasedConfig
 from pipelines.layout import Layout
@@ -53,16 +54,17 @@ RELEASES: dict[str, tuple[Remote, Callable[[Path, ReleasedConfig], dict[str, Any
 }
 
 
-def run(params: Params, layout: Layout, method: str) -> dict[str, Any]:
+def run(params: Params, layout: Layout, method: str) -> ReleaseStatus:
     settings = params.release(method)
     remote, inspect = RELEASES[settings.model]
     folder = layout.released(method)
     target = folder / remote.filename
-    recorded = read_status(folder).get("sha256")
+    previous = ReleaseStatus.read(folder)
+    recorded = previous.sha256 if previous else None
     expected = (settings.sha256 or recorded or "").lower() or None
     origin = (f"pinned in released.{method}.sha256" if settings.sha256
               else f"recorded at the first download in {folder / STATUS}")
-    status = {"method": method, "model": settings.model, "file": remote.filename, "url": remote.url}
+    release = ReleaseStatus(method, settings.model, remote.filename, remote.url, available=False)
     if not target.is_file():
         try:
             fetch(dataclasses.replace(remote, checksum=expected and f"sha256:{expected}"), folder,
@@ -70,7 +72,7 @@ def run(params: Params, layout: Layout, method: str) -> dict[str, Any]:
         except ChecksumError as error:
             raise ChecksumError(f"{error} The expected digest is the one {origin}.") from None
         except DownloadError as error:
-            return not_available(folder, target, {**status, "sha256": recorded}, error)
+            return not_available(folder, target, dataclasses.replace(release, sha256=recorded), error)
     digest = file_digest(target, "sha256")
     if expected is not None and digest != expected:
         raise ChecksumError(f"{target} has SHA-256 {digest}, not {expected} ({origin}): the file changed. Delete it "
@@ -79,11 +81,11 @@ def run(params: Params, layout: Layout, method: str) -> dict[str, Any]:
         contents = inspect(target, settings)
     except CheckpointError as error:
         raise CheckpointError(f"{error}. Delete it to download it again") from None
-    status.update(available=True, bytes=target.stat().st_size, sha256=digest, sha256_pinned=bool(settings.sha256),
-                  **contents)
-    write_status(folder, status)
+    status = dataclasses.replace(release, available=True, bytes=target.stat().st_size, sha256=digest,
+                                 sha256_pinned=bool(settings.sha256), details=contents)
+    status.write(folder)
     checked = f"matches the digest {origin}" if expected else f"first check of this file: recorded in {STATUS}"
-    print(f"{method}: {target}, {status['bytes']:,} bytes, SHA-256 {digest} ({checked})")
+    print(f"{method}: {target}, {status.bytes:,} bytes, SHA-256 {digest} ({checked})")
     for line in contents.get("evidence", []) + contents["notes"]:
         print(f"  {line}")
     if "variant" in contents:
@@ -91,12 +93,12 @@ def run(params: Params, layout: Layout, method: str) -> dict[str, Any]:
     return status
 
 
-def not_available(folder: Path, target: Path, status: dict[str, Any], error: DownloadError) -> dict[str, Any]:
+def not_available(folder: Path, target: Path, release: ReleaseStatus, error: DownloadError) -> ReleaseStatus:
     """Record (and print) that the file could not be fetched; the method's later stages report it."""
-    status.update(available=False, reason=str(error))
-    write_status(folder, status)
-    print(f"{status['method']}: not available: {error}\n  Its rows will say so. Place the file by hand at {target}, "
-          f"or once online run `dvc repro --force download-released@{status['method']}`, then `dvc repro`.")
+    status = dataclasses.replace(release, available=False, reason=str(error))
+    status.write(folder)
+    print(f"{status.method}: not available: {error}\n  Its rows will say so. Place the file by hand at {target}, "
+          f"or once online run `dvc repro --force download-released@{status.method}`, then `dvc repro`.")
     return status
 
 

@@ -1,11 +1,12 @@
 """Stage `evaluate@<method>`: every configured metric on one method's anonymised crops, per dataset.
 
-Reads outputs/<dataset>/<method>/ and writes results/<dataset>/<method>.json
-({metric name: registry.calc result}) and results/<dataset>/<method>.pairs.csv (the per-pair
-values metrics report: pose error, detected or not; one row per pair). A metric whose
+Reads outputs/<dataset>/<method>/ and writes results/<dataset>/<method>.json (infra.records.Results:
+the test set's pairs and {metric name: metrics.registry.calc result}) and
+results/<dataset>/<method>.pairs.csv (the per-pair values metrics report: pose error, detected or
+not; one row per pair). A metric whose
 pretrained weights are missing or fail their checksum is recorded as {"error": <what is wrong
 and what to do>} instead of stopping the stage; the report shows it as not computed. A method
-the anonymise stage marked not available gets {"not_available": {"reason": ..., ...}} and no
+the anonymise stage marked not available gets {"not_available": {"reason": ...}} and no
 metric. Real-set statistics and embeddings are cached under evaluate.cache, so each is computed
 once per dataset, not once per method.
 
@@ -15,28 +16,37 @@ once per dataset, not once per method.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 
 from facedata.datasets import DATASETS
 from facedata.prepared import PreparedDataset
-from infra.atomic import write_json, write_table
 from infra.errors import DataError
 from infra.fetch import ChecksumError
+from infra.records import (
+    ANONYMISED,
+    PAIR_RESULTS,
+    TEST_PAIRS,
+    AnonymiseSummary,
+    MetricError,
+    MetricResult,
+    Results,
+    TestSet,
+)
 from metrics import registry
 from metrics.weights import WeightsUnavailableError
 from pipelines import stage
 from pipelines.config import Params
 from pipelines.layout import Layout, require
-from pipelines.tables import NOT_AVAILABLE
 
 
 def pair_set(layout: Layout, dataset: str) -> registry.PairSet:
     """The test pairs with their prepared photos and the folder of the original photos (download's record)."""
     source = json.loads(require(layout.source(dataset), f"download@{dataset}").read_text())
-    return registry.PairSet(pd.read_csv(require(layout.test_pairs(dataset), "pairs")),
-                           PreparedDataset(layout.prepared(dataset)), photos=Path(source["images_dir"]))
+    return registry.PairSet(TEST_PAIRS[dataset].read(require(layout.test_pairs(dataset), "pairs")),
+                            PreparedDataset(layout.prepared(dataset)), photos=Path(source["images_dir"]))
 
 
 def check_outputs(images: Path, method: str) -> None:
@@ -44,25 +54,25 @@ def check_outputs(images: Path, method: str) -> None:
 
     A damaged output folder would otherwise be evaluated with those pairs skipped, as if never anonymised.
     """
-    written = pd.read_csv(images / "manifest.csv")
+    written = ANONYMISED.read(images / "manifest.csv")
     for pair_id in written.loc[written["status"] == "ok", "pair_id"]:
         if not (images / f"{pair_id}.png").is_file():
             raise DataError(f"{images}: {pair_id}.png is missing although manifest.csv lists it as anonymised: the "
                             f"folder is damaged; re-run `dvc repro --force anonymise@{method}`")
 
 
-def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> dict:
+def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> Results:
     params.method(method)
     settings = params.evaluate
     images = layout.outputs(dataset, method)
     require(images / "manifest.csv", f"anonymise@{method}")
     pairs = pair_set(layout, dataset)
-    anonymised = json.loads(require(images / "summary.json", f"anonymise@{method}").read_text())
-    if NOT_AVAILABLE in anonymised:
-        reason = anonymised[NOT_AVAILABLE]
-        results = {NOT_AVAILABLE: {"reason": reason, "n": 0, "n_skipped": len(pairs.manifest)}}
-        write_table(layout.pair_results(dataset, method), pairs.manifest[["pair_id"]])
-        write_json(layout.results(dataset, method), results)
+    reason = AnonymiseSummary.read(require(images / "summary.json", f"anonymise@{method}")).not_available
+    if reason is not None:
+        results = Results(pairs_counted(len(pairs.manifest), Counter({"method not available": len(pairs.manifest)})),
+                          not_available=reason)
+        PAIR_RESULTS.write(layout.pair_results(dataset, method), pairs.manifest[["pair_id"]])
+        results.write(layout.results(dataset, method))
         print(f"{dataset}/{method}: not evaluated, not available ({reason})")
         return results
     check_outputs(images, method)
@@ -79,22 +89,29 @@ def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> di
         try:
             results[name] = registry.calc(name, inputs, params.metrics[name])
         except (WeightsUnavailableError, ChecksumError) as error:  # the only files this stage fetches are weights
-            results[name] = {"metric": name, "error": str(error)}
+            results[name] = MetricError(name, str(error))
             print(f"{dataset}/{method}: {name} not computed: {error}")
             continue
         result = results[name]
         if "per_pair" in result:
             per_pair = per_pair.merge(result.pop("per_pair"), on="pair_id", how="left")
+        results[name] = MetricResult.of(result)
         value = result.get("value")
         shown = f"{value:.6g}" if isinstance(value, float) else value  # 0.06, not 0.06000000000000001
         print(f"{dataset}/{method}: {name} = {shown} (n={result.get('n')}, skipped {result['n_skipped']}, "
               f"{result['seconds']} s)")
-    write_table(layout.pair_results(dataset, method), per_pair)
-    write_json(layout.results(dataset, method), results)
-    return results
+    record = Results(pairs_counted(len(pairs.manifest), inputs.evaluable()[1]), results)
+    PAIR_RESULTS.write(layout.pair_results(dataset, method), per_pair)
+    record.write(layout.results(dataset, method))
+    return record
 
 
-def run(params: Params, layout: Layout, method: str) -> dict[str, dict]:
+def pairs_counted(pairs: int, skipped: Counter) -> TestSet:
+    """The test set's pairs, and those no metric could use (source photo not prepared, no anonymised image)."""
+    return TestSet(pairs, sum(skipped.values()), {reason: int(count) for reason, count in sorted(skipped.items())})
+
+
+def run(params: Params, layout: Layout, method: str) -> dict[str, Results]:
     return {dataset: run_dataset(params, layout, method, dataset) for dataset in DATASETS}
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from facedata import datasets, protocol
 from facedata.prepared import read_index
-from infra.atomic import write_json, write_table
+from infra.atomic import write_json
+from infra.records import TEST_PAIRS, TRAIN_PAIRS
 from pipelines import stage
 from pipelines.config import Params
 from pipelines.layout import Layout, require
@@ -41,9 +42,9 @@ def run(params: Params, layout: Layout) -> dict:
         settings.lfw,
         settings.seed,
     )
-    write_table(layout.train_pairs, train)
-    write_table(layout.test_pairs("celeba"), test)
-    write_table(layout.test_pairs("lfw"), lfw)
+    TRAIN_PAIRS.write(layout.train_pairs, train)
+    TEST_PAIRS["celeba"].write(layout.test_pairs("celeba"), test)
+    TEST_PAIRS["lfw"].write(layout.test_pairs("lfw"), lfw)
     summary = {"celeba": celeba_summary, "lfw": lfw_summary}
     write_json(layout.pairs / "summary.json", summary)
     print(json.dumps(summary, indent=2))

@@ -10,7 +10,6 @@ could not run (its released weights not available) as "not available", with the 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from facedata.images import read_rgb
 from facedata.prepared import PreparedDataset
 from infra.atomic import atomic_path, write_bytes, write_table
 from infra.errors import MissingInputError, ParamsError
+from infra.records import ANONYMISED, PAIR_RESULTS, Results
 from pipelines import stage
 from pipelines.config import Params
 from pipelines.layout import Layout
@@ -32,21 +32,15 @@ from pipelines.tables import table, to_latex, to_markdown
 TABLES = {"celeba": (1, "Table 1: CelebA test set"), "lfw": (2, "Table 2: LFW (re-id: mean ± std over folds)")}
 
 
-def load_results(layout: Layout, dataset: str, methods: list[str]) -> dict[str, dict]:
+def load_results(layout: Layout, dataset: str, methods: list[str]) -> dict[str, Results]:
     found = {}
     for method in methods:
         path = layout.results(dataset, method)
         if path.is_file():
-            found[method] = json.loads(path.read_text())
+            found[method] = Results.read(path)
         else:
             print(f"report: no results for {dataset}/{method} ({path} missing); its row is left out")
     return found
-
-
-def value(result: dict, metric: str) -> float:
-    entry = result.get(metric) or {}
-    number = entry.get("value") if not entry.get("error") else None
-    return math.nan if number is None else float(number)
 
 
 def save_figure(figure: plt.Figure, target: Path) -> None:
@@ -68,10 +62,10 @@ def privacy_utility(all_results: dict, paper: dict, target: Path) -> None:
             [
                 {
                     "method": m,
-                    "fid": value(r, "fid"),
-                    "reid": value(r, "reid_facenet_casia"),
-                    "detection": value(r, "detection_dlib"),
-                    "verified": value(r, "verification_dlib"),
+                    "fid": r.value("fid"),
+                    "reid": r.value("reid_facenet_casia"),
+                    "detection": r.value("detection_dlib"),
+                    "verified": r.value("verification_dlib"),
                 }
                 for m, r in results.items()
             ]
@@ -127,7 +121,7 @@ def detection(all_results: dict, paper: dict, target: Path) -> None:
                         "dataset": dataset,
                         "method": method,
                         "detector": detector,
-                        "ours": 100 * value(result, metric),
+                        "ours": 100 * result.value(metric),
                         "paper": math.nan if reference is None else 100 * reference,
                     }
                 )
@@ -160,7 +154,7 @@ def pose_errors(layout: Layout, all_results: dict, target: Path) -> None:
         for method in results:
             path = layout.pair_results(dataset, method)
             if path.is_file():
-                per_pair = pd.read_csv(path)
+                per_pair = PAIR_RESULTS.read(path)
                 if "pose_error" in per_pair:
                     frames.append(per_pair[["pose_error"]].dropna().assign(dataset=dataset, method=method))
     figure, axis = plt.subplots(figsize=(12, 4))
@@ -212,7 +206,7 @@ def qualitative(layout: Layout, dataset: str, methods: list[str], names: dict[st
     Methods without images (not available) are left out, and the stage says so.
     """
     manifests = {
-        m: pd.read_csv(layout.outputs(dataset, m) / "manifest.csv")
+        m: ANONYMISED.read(layout.outputs(dataset, m) / "manifest.csv")
         for m in methods
         if (layout.outputs(dataset, m) / "manifest.csv").is_file()
     }

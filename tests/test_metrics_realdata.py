@@ -11,12 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from facedata.prepared import PreparedDataset
+from infra.records import TEST_PAIRS, pair_table
 from metrics import registry
 from metrics.dlib_faces import hog_faces
 from metrics.reid import lfw_verification_accuracy
@@ -59,10 +59,7 @@ def inputs(pairs: registry.PairSet, folder: Path, **settings) -> registry.Metric
 def celeba(prepared_celeba) -> registry.PairSet:
     """Every aligned CelebA mini photo as the source of one pair."""
     prepared = PreparedDataset(prepared_celeba)
-    keys = sorted(prepared.ok.index)
-    manifest = pd.DataFrame({"pair_id": range(len(keys)), "source": keys,
-                             "source_identity": [prepared.identity(k) for k in keys]})
-    return registry.PairSet(manifest, prepared)
+    return registry.PairSet(pair_table(TEST_PAIRS["celeba"], prepared.index, sorted(prepared.ok.index)), prepared)
 
 
 @pytest.fixture(scope="module")

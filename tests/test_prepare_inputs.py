@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -93,14 +94,30 @@ def prepared(face, tmp_path_factory):
     (root / "identity_CelebA.txt").write_text("".join(f"{name} 1\n" for name in listed))
     layout = Layout(root)
     layout.raw("celeba").mkdir(parents=True)
-    layout.source("celeba").write_text(
-        json.dumps({"images_dir": str(folder), "identity_file": str(root / "identity_CelebA.txt")})
-    )
+    write_source(layout)
     params = from_mapping({"data": {"celeba": {"identity_list": "derived", "min_images_per_identity": 1}},
                           "prepare": {"workers": 2}})
     summary = prepare.run(params, layout, "celeba")
     index = pd.read_parquet(layout.prepared("celeba") / "index.parquet").set_index("key")
     return index, summary, layout, params
+
+
+def write_source(layout: Layout) -> None:
+    """download@celeba's record of the photos and identity file in the layout's root."""
+    layout.source("celeba").write_text(json.dumps({"images_dir": str(layout.root / "img_align_celeba"),
+                                                   "identity_file": str(layout.root / "identity_CelebA.txt")}))
+
+
+@pytest.fixture
+def own_copy(prepared, tmp_path):
+    """(index, layout, params) of a copy of the prepared photos, for a test that changes them or re-runs the stage.
+
+    The module's copy stays as the first run left it, whichever test runs first.
+    """
+    index, _, layout, params = prepared
+    copy = Layout(shutil.copytree(layout.root, tmp_path / "odd"))
+    write_source(copy)
+    return index, copy, params
 
 
 @pytest.mark.parametrize(
@@ -173,8 +190,8 @@ def test_too_large_photo_is_refused_before_decoding(face, tmp_path):
     assert getattr(error.value, "status", None) == "too_large"
 
 
-def test_rerun_processes_only_new_or_changed_photos(prepared, face):
-    index, _, layout, params = prepared
+def test_rerun_processes_only_new_or_changed_photos(own_copy, face):
+    index, layout, params = own_copy
     folder = layout.root / "img_align_celeba"
     (folder / "good.jpg").write_bytes(save(face.transpose(Image.Transpose.FLIP_LEFT_RIGHT), format="JPEG"))
     summary = prepare.run(params, layout, "celeba")
@@ -185,15 +202,15 @@ def test_rerun_processes_only_new_or_changed_photos(prepared, face):
     assert rerun.drop(index="good.jpg")["sha1"].equals(index.drop(index="good.jpg")["sha1"])
 
 
-def test_changed_settings_reprocess_everything(prepared):
-    _, _, layout, params = prepared
+def test_changed_settings_reprocess_everything(own_copy):
+    _, layout, params = own_copy
     changed = replace(params, prepare=replace(params.prepare, eye_scale=4.0))
     summary = prepare.run(changed, layout, "celeba")
     assert summary["reused"] == 0 and summary["processed"] == summary["photos"]
 
 
-def test_a_bug_on_every_photo_stops_the_stage_and_is_never_cached(prepared, monkeypatch):
-    _, _, layout, params = prepared
+def test_a_bug_on_every_photo_stops_the_stage_and_is_never_cached(own_copy, monkeypatch):
+    _, layout, params = own_copy
     changed = replace(params, prepare=replace(params.prepare, eye_scale=4.5, workers=1))  # fresh rows
 
     def broken(*args, **kwargs):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import math
 import os
 import pickle
@@ -41,7 +40,8 @@ from facedata.images import read_rgb
 from facedata.prepared import PreparedDataset
 from infra.errors import ParamsError
 from infra.fetch import ChecksumError, Remote
-from infra.weight_files import CheckpointError, LayoutMismatch, read_status, read_weights
+from infra.records import TEST_PAIRS, AnonymiseSummary, ReleaseStatus, Results, pair_table
+from infra.weight_files import CheckpointError, LayoutMismatch, read_weights
 from pipelines import anonymise, download_released, evaluate, report
 from pipelines.config import from_mapping
 from pipelines.layout import Layout
@@ -401,8 +401,8 @@ def test_the_first_digest_is_recorded_the_file_reused_and_a_changed_one_refused(
     folder = layout.released("ciagan-released")
     status = download_released.run(params, layout, "ciagan-released")
     digest = hashlib.sha256(ciagan_bytes).hexdigest()
-    assert status["available"] and status["sha256"] == digest and status["bytes"] == len(ciagan_bytes)
-    assert read_status(folder) == status and not status["sha256_pinned"]
+    assert status.available and status.sha256 == digest and status.bytes == len(ciagan_bytes)
+    assert ReleaseStatus.read(folder) == status and not status.sha256_pinned
     assert f"SHA-256 {digest} (first check of this file" in capsys.readouterr().out
     assert [path for path, _ in file_server.requests] == [
         "/ciagan/uc?id=ciagan", "/ciagan/download?id=ciagan&export=download&confirm=t&uuid=u-1"]
@@ -440,7 +440,7 @@ def test_a_pinned_digest_and_a_truncated_download_stop_the_stage_in_one_line(fil
     line, = capsys.readouterr().err.strip().splitlines()
     assert "modelG.pth (1,000,000 bytes) is not a readable PyTorch file: it is probably truncated or corrupt" in line
     assert line.endswith("Delete it to download it again")
-    assert read_status(layout.released("ciagan-released")) == {}  # nothing recorded for a file that cannot be used
+    assert ReleaseStatus.read(layout.released("ciagan-released")) is None  # nothing recorded for an unusable file
 
 
 # --- the methods end to end -------------------------------------------------------------------------------
@@ -451,13 +451,10 @@ def test_sets(small_prepared, tmp_path) -> Layout:
     layout = Layout(tmp_path / "repo")
     ok = PreparedDataset(small_prepared).ok.sort_index()
     first, second = (list(ok.loc[ok["identity"] == identity, "key"]) for identity in sorted(ok["identity"].unique()))
-    common = {"pair_id": range(4), "source": second, "condition": first,
-              "source_identity": ok.loc[second, "identity"].to_numpy(), "source_status": "ok"}
-    lfw = {**common, "fold": [1, 1, 2, 2], "same": [True, False, True, False], "first": second[1:] + second[:1],
-           "first_status": "ok"}
-    layout.pairs.mkdir(parents=True)
-    for dataset, columns in (("celeba", common), ("lfw", lfw)):
-        pd.DataFrame(columns).to_csv(layout.test_pairs(dataset), index=False)
+    lfw = {"fold": [1, 1, 2, 2], "same": [True, False, True, False], "first": second[1:] + second[:1]}
+    for dataset, columns in (("celeba", {}), ("lfw", lfw)):
+        TEST_PAIRS[dataset].write(layout.test_pairs(dataset), pair_table(TEST_PAIRS[dataset], ok, second, first,
+                                                                         **columns))
         layout.prepared(dataset).parent.mkdir(parents=True, exist_ok=True)
         layout.prepared(dataset).symlink_to(small_prepared)
         write_source(layout, dataset, small_prepared)
@@ -503,12 +500,12 @@ def test_synthetic_released_files_go_through_download_load_anonymise_evaluate_an
 
     tables = run_stages(layout, pipeline_params())
 
-    status = read_status(layout.released("anonygan-released"))
-    assert (status["landmarks"], status["landmark_attention"]) == (68, True)
-    assert any(f"not run: {LIGHTNING}.ModelCheckpoint" in note for note in status["notes"])
-    assert any("ignored D_gan2.*" in note for note in status["notes"])
+    contents = ReleaseStatus.read(layout.released("anonygan-released")).details
+    assert (contents["landmarks"], contents["landmark_attention"]) == (68, True)
+    assert any(f"not run: {LIGHTNING}.ModelCheckpoint" in note for note in contents["notes"])
+    assert any("ignored D_gan2.*" in note for note in contents["notes"])
     # The stage's images are those of the same weights loaded by a plain load_state_dict, through the same code.
-    manifest = pd.read_csv(layout.test_pairs("celeba"))
+    manifest = TEST_PAIRS["celeba"].read(layout.test_pairs("celeba"))
     faces = PreparedDataset(layout.prepared("celeba"))
     batch = load_batch(manifest, faces, faces)
     # (in the stage's batches of 3: equal floating-point work)
@@ -538,14 +535,14 @@ def test_offline_the_released_methods_are_reported_not_available(test_sets, monk
         use_remote(monkeypatch, model, Remote(f"{model}.bin", "http://127.0.0.1:9/uc?id=x", None, google_drive_id="x"))
     tables = run_stages(layout, pipeline_params())
     # The stage's log shows each value to 6 significant digits, as the JSON holds it in full.
-    pose = json.loads(layout.results("lfw", "original").read_text())["pose_error"]
-    assert f"lfw/original: pose_error = {pose['value']:.6g} (n={pose['n']}," in capsys.readouterr().out
+    pose = Results.read(layout.results("lfw", "original")).metrics["pose_error"]
+    assert f"lfw/original: pose_error = {pose.value:.6g} (n={pose.n}," in capsys.readouterr().out
     for method in ("anonygan-released", "ciagan-released"):
-        status = read_status(layout.released(method))
-        assert not status["available"] and "failed after 1 attempts" in status["reason"]
+        status = ReleaseStatus.read(layout.released(method))
+        assert not status.available and "failed after 1 attempts" in status.reason
         for dataset in ("celeba", "lfw"):
-            summary = json.loads((layout.outputs(dataset, method) / "summary.json").read_text())
-            assert summary["anonymised"] == 0 and summary["skipped"] == 4
+            summary = AnonymiseSummary.read(layout.outputs(dataset, method) / "summary.json")
+            assert summary.anonymised == 0 and summary.skipped == 4
     for dataset, frame in tables.items():
         assert list(frame["available"]) == [True, False, False], dataset
         assert frame.loc["anonygan-released", "note"].startswith("the authors' weights are not available: ")

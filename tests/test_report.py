@@ -8,18 +8,24 @@ import pytest
 import yaml
 
 from infra.errors import ParamsError
+from infra.records import MetricError, MetricResult, Results, TestSet
 from pipelines.config import from_mapping
 from pipelines.layout import Layout
 from pipelines.profile import apply, overlay
-from pipelines.tables import NOT_AVAILABLE, table, to_latex, to_markdown
+from pipelines.tables import table, to_latex, to_markdown
 from tests.helpers import REPO, profile_from
 
 PAPER = yaml.safe_load(Layout(REPO).paper_numbers.read_text())
 ROWS = PAPER["rows"]
 
 
-def result(value, n=100, skipped=0, **extra):
-    return {"value": value, "n": n, "n_skipped": skipped, **extra}
+def result(value, n=100, skipped=0, **details):
+    return MetricResult("metric", value, n, skipped, {"no anonymised image": skipped}, {}, 1.0, details)
+
+
+def evaluated(pairs=100, skipped=0, **metrics) -> Results:
+    """The results record of a test set of `pairs` pairs, `skipped` of them without an anonymised image."""
+    return Results(TestSet(pairs, skipped, {"no anonymised image": skipped}), metrics)
 
 
 def test_paper_numbers_file_holds_both_tables_with_every_row():
@@ -34,13 +40,10 @@ def test_paper_numbers_file_holds_both_tables_with_every_row():
 
 def test_rows_follow_the_paper_order_then_others_with_differences():
     results = {
-        "original": {"detection_dlib": result(1.0)},
-        "anonygan-68": {
-            "fid": result(30.0, skipped=3),
-            "detection_dlib": result(0.9, skipped=3),
-            "pose_error": result(0.2, skipped=3, n_failed=7),
-        },
-        "blur": {"fid": result(90.0), "detection_dlib": result(0.1)},
+        "original": evaluated(detection_dlib=result(1.0)),
+        "anonygan-68": evaluated(103, 3, fid=result(30.0, skipped=3), detection_dlib=result(0.9, skipped=3),
+                                 pose_error=result(0.2, skipped=3, n_failed=7)),
+        "blur": evaluated(fid=result(90.0), detection_dlib=result(0.1)),
     }
     frame = table(results, PAPER["celeba"], ROWS, with_std=False)
     assert list(frame["method"]) == ["blur", "anonygan-68", "original"]
@@ -52,12 +55,8 @@ def test_rows_follow_the_paper_order_then_others_with_differences():
 
 
 def test_uncomputed_metrics_show_as_dashes_not_numbers():
-    results = {
-        "blur": {
-            "fid": {"metric": "fid", "error": "pt_inception-2015-12-05-6726825d.pth is not at ..."},
-            "detection_dlib": result(0.05),
-        }
-    }
+    results = {"blur": evaluated(fid=MetricError("fid", "pt_inception-2015-12-05-6726825d.pth is not at ..."),
+                                 detection_dlib=result(0.05))}
     markdown = to_markdown(table(results, PAPER["lfw"], ROWS, with_std=True), "Table 2")
     row = next(line for line in markdown.splitlines() if line.startswith("| Blurring"))
     cells = [c.strip() for c in row.strip("|").split("|")]
@@ -67,8 +66,8 @@ def test_uncomputed_metrics_show_as_dashes_not_numbers():
 
 
 def test_lfw_cells_carry_mean_and_std_only_where_the_paper_does():
-    results = {"ciagan": {"reid_facenet_casia": result(0.02, std=0.005), "pose_error": result(0.3, std=0.1),
-                          "kid": result(0.0123, std=0.004), "fid": result(20.0)}}
+    results = {"ciagan": evaluated(reid_facenet_casia=result(0.02, std=0.005), pose_error=result(0.3, std=0.1),
+                                   kid=result(0.0123, std=0.004), fid=result(20.0))}
     markdown = to_markdown(table(results, PAPER["lfw"], ROWS, with_std=True), "Table 2")
     assert "2.00% ± 0.50 (1.28% ± 0.32; +0.72 pp)" in markdown
     row = next(line for line in markdown.splitlines() if line.startswith("| CIAGAN"))
@@ -103,17 +102,20 @@ def test_small_profile_applies_to_params_and_keeps_comments(tmp_path):
         apply("huge", layout)
 
 
-def test_skipped_counts_pairs_no_metric_could_use_not_protocol_skips():
-    results = {"blur": {"detection_dlib": result(0.1, n=198, skipped=2),
-                        "verification_dlib": result(0.0, n=99, skipped=101)}}  # different-person pairs
+def test_n_and_skipped_are_the_test_sets_counts_not_a_metrics():
+    results = {"blur": evaluated(200, 2, detection_dlib=result(0.1, n=198, skipped=2),
+                                 verification_dlib=result(0.0, n=99, skipped=101))}  # different-person pairs
     row = table(results, PAPER["lfw"], ROWS, with_std=True).iloc[0]
+    assert row["n"] == 200 and row["n_skipped"] == 2
+    nothing_computed = {"blur": evaluated(200, 2, fid=MetricError("fid", "weights missing"))}
+    row = table(nothing_computed, PAPER["lfw"], ROWS, with_std=True).iloc[0]
     assert row["n"] == 200 and row["n_skipped"] == 2
 
 
 def test_a_method_that_could_not_run_says_not_available_with_the_reason():
     reason = "the authors' weights are not available: modelG.pth: failed after 6 attempts"
-    results = {"ciagan": {NOT_AVAILABLE: {"reason": reason, "n": 0, "n_skipped": 30}},
-               "blur": {"detection_dlib": result(0.05)}}
+    results = {"ciagan": Results(TestSet(30, 30, {"method not available": 30}), not_available=reason),
+               "blur": evaluated(detection_dlib=result(0.05))}
     frame = table(results, PAPER["celeba"], ROWS, with_std=False)
     row = frame.set_index("method").loc["ciagan"]
     assert not row["available"] and row["note"] == reason and row["n"] == 30 and row["n_skipped"] == 30
