@@ -115,13 +115,22 @@ def _deferred_interrupts() -> Iterator[None]:
 
 
 def _terminate_workers(pool: ProcessPoolExecutor) -> None:
-    """Stop the workers mid-task (a task may never end: a hung library call); Python 3.14 has this built in."""
+    """Stop the workers mid-task (a task may never end: a hung library call); Python 3.14 has this built in.
+
+    A worker killed while it wrote its result leaves half a message in the result pipe, and the
+    pool's manager thread would wait for the rest forever (and `shutdown`, and the interpreter's
+    exit, with it). Once every worker is gone, closing the parent's copy of the pipe's write end
+    leaves no writer, so that wait ends (end of file) and the pool shuts down.
+    """
+    processes = list((pool._processes or {}).values())  # private before 3.14
     terminate = getattr(pool, "terminate_workers", None)
     if terminate is not None:
         terminate()
-        return
-    for process in list((pool._processes or {}).values()):  # private before 3.14
-        process.terminate()
+    for process in processes:
+        process.kill()
+    for process in processes:
+        process.join(_POLL_S * 25)
+    pool._result_queue._writer.close()
 
 
 def _start_worker(parent: int, initializer: Callable[..., None] | None, initargs: tuple) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing.context
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -111,3 +112,22 @@ def test_a_ctrl_c_received_by_another_thread_stops_a_pool_whose_workers_all_hang
                 pass
         assert time.monotonic() - sent[0] < 10
         assert set(psutil.Process().children()) == spinners
+
+
+def write_half_a_result_then_hang(item: int) -> int:
+    """As a worker killed while it wrote its result: a message header and part of its bytes, then nothing."""
+    result_pipe = multiprocessing.current_process()._args[1]._writer  # the pool's result queue, inherited by fork
+    os.write(result_pipe.fileno(), struct.pack("!i", 1 << 20) + b"\x80" * 64)
+    HANGING.set()
+    time.sleep(3600)
+    return item
+
+
+def test_a_stop_while_a_killed_worker_left_half_a_result_in_the_pipe_does_not_hang():
+    """The pool's manager thread waits for the rest of that message; a stop must end it, not wait with it."""
+    HANGING.clear()
+    threading.Thread(target=lambda: HANGING.wait(60) and os.kill(os.getpid(), signal.SIGINT), daemon=True).start()
+    with deadline(60), pytest.raises(KeyboardInterrupt):
+        for _ in imap_unordered(write_half_a_result_then_hang, [1], workers=1):
+            pass
+    assert not [thread for thread in threading.enumerate() if "ExecutorManagerThread" in type(thread).__name__]

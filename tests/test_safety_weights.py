@@ -6,7 +6,6 @@ The hostile archive is built here: a scripted module whose `__setstate__` prints
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 
 import pytest
@@ -14,6 +13,7 @@ import torch
 
 from infra.errors import DataError
 from infra.fetch import ChecksumError, file_digest
+from infra.records import ReleaseStatus
 from infra.weight_files import (
     LEGACY_PICKLE,
     OTHER,
@@ -82,8 +82,8 @@ def test_the_digest_recorded_at_download_is_checked_at_every_load(tmp_path):
     path = tmp_path / "modelG.pth"
     torch.save(OrderedDict(weight=torch.zeros(3)), path)
     recorded = file_digest(path, "sha256")
-    status = {"model": "ciagan", "available": True, "file": path.name, "sha256": recorded}
-    (tmp_path / "status.json").write_text(json.dumps(status))
+    ReleaseStatus(method="ciagan-released", model="ciagan", file=path.name, url="http://127.0.0.1:9/modelG.pth",
+                  available=True, sha256=recorded).write(tmp_path)
     assert released_file(tmp_path, "ciagan", "ciagan-released")[0] == path
     torch.save(OrderedDict(weight=torch.ones(3)), path)  # replaced by hand after the download
     now = file_digest(path, "sha256")
