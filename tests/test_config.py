@@ -131,6 +131,8 @@ BAD_VALUES = [
     ("anonymisers.deepprivacy", {}, "anonymise", "blur", "anonymisers.deepprivacy is not an anonymiser with settings"),
     ("methods.blur.anonymiser", "blurry", "anonymise", "blur", "methods.blur.anonymiser: unknown anonymiser"),
     ("methods.blur.params", "anonymisers.pixelate", "anonymise", "blur", "methods.blur.params names anonymisers"),
+    ("methods.blur.code", "baselines/folder.py", "anonymise", "blur",
+     "methods.blur.code is baselines/folder.py, but anonymiser 'blur' is in baselines/classic.py"),
     ("anonymise.batch_size", "all", "anonymise", "blur", "anonymise.batch_size must be an integer; got 'all'"),
     ("metrics.detection_mtcnn.threshold", 7, "evaluate", "blur", r"detection_mtcnn.threshold must be in \[0.0, 1.0\]"),
     ("metrics.fid.resize", "bicubic", "evaluate", "blur", "metrics.fid.resize must be one of clean, legacy_pytorch"),
@@ -151,6 +153,10 @@ def with_value(dotted: str, value) -> dict:
         node = node.setdefault(part, {})
     node[leaf] = value
     return mapping
+
+
+def test_a_method_code_may_name_a_folder_above_its_anonymiser():
+    assert from_mapping(with_value("methods.ciagan.code", "baselines")).method("ciagan").code == "baselines"
 
 
 @pytest.mark.parametrize(("dotted", "value", "module", "item", "message"), BAD_VALUES,
