@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from infra.settings import at_least, unit_interval
+from infra.settings import at_least, between, unit_interval
 
 #: FID/KID image resizing: clean-fid's "clean" (PIL bicubic, NVIDIA scaling) or pytorch-fid's bilinear.
 Resize = Literal["clean", "legacy_pytorch"]
@@ -28,6 +28,17 @@ Normalisation = Literal["paper_code", "euclidean"]
 LfwReference = Literal["first", "source"]
 #: How images enter FaceNet: whole, as the authors fed them, or as aligned, standardised faces.
 Preprocessing = Literal["authors", "aligned"]
+
+
+@dataclass(frozen=True)
+class IntervalOptions:
+    """How every metric states its uncertainty (params `evaluate.interval`; metrics.uncertainty)."""
+
+    level: Annotated[float, between(0.5, 0.999)] = 0.95  # two-sided confidence level of every interval and test
+    resamples: Annotated[int, at_least(100)] = 2000  # bootstrap resamples of per-pair values (pose error, comparisons)
+    # FID/KID resamples: each recomputes a 2048-d covariance and its eigenvalues (about 2 s on 6,000 images)
+    feature_resamples: Annotated[int, at_least(20)] = 100
+    seed: Annotated[int, at_least(0)] = 0
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,14 @@ A metric is a function `metric(inputs, options) -> dict`, named with its options
     {"metric": "pose_error", "value": 0.071, ..., "n": 2964, "n_skipped": 36,
      "skipped": {"no anonymised image": 36}, "options": {...}, "seconds": 41.2}
 
-A metric may also return `per_pair`: a DataFrame with a `pair_id` column and one column of
-per-pair values (e.g. each image's pose error), for distributions. It is the only entry that
-is not plain JSON; the evaluate stage writes it to its own file.
+Every value comes with its `interval` (low, high, level, method; metrics.uncertainty), computed
+with `inputs.interval`'s settings.
+
+A metric may also return two entries that are not plain JSON, which the evaluate stage writes
+to their own files for paired comparisons (pipelines.compare):
+- `per_pair`: a DataFrame with a `pair_id` column and a column named after the metric holding
+  each pair's outcome (detected or not, re-identified or not, pose error, ...);
+- `features`: the `FeatureSets` the value was computed from (FID, KID).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from PIL import Image
 from facedata.prepared import PreparedDataset, crop_relpath
 from infra import settings
 from infra.errors import DataError
-from metrics.options import available, metric  # noqa: F401  (available: re-exported beside calc)
+from metrics.options import IntervalOptions, available, metric  # noqa: F401  (available: re-exported beside calc)
 
 DEFAULT_CACHE = Path(".cache/metrics")
 LFW_COLUMNS = ("fold", "same", "first")
@@ -87,6 +92,7 @@ class MetricInputs:
     device: str | None = None
     batch_size: int = 32
     workers: int = 0  # processes for the CPU-bound dlib work; 0 = all cores
+    interval: IntervalOptions = IntervalOptions()  # how each metric states its uncertainty (metrics.uncertainty)
     _selection: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property

@@ -92,6 +92,7 @@ class EvaluateConfig:
     metrics: list[str] = field(default_factory=options.available)  # computed for every method
     batch_size: Annotated[int, at_least(1)] = 32
     cache: str = ".cache/metrics"  # real-set features and embeddings, keyed by content, shared by every method
+    interval: options.IntervalOptions = field(default_factory=options.IntervalOptions)  # every value's uncertainty
 
 
 @dataclass(frozen=True)

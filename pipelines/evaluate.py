@@ -83,6 +83,7 @@ def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> Re
         # Verification thresholds are always chosen on real LFW pairs (LFW calibrates itself).
         calibration=None if dataset == "lfw" else pair_set(layout, "lfw"),
         batch_size=settings.batch_size,
+        interval=settings.interval,
     )
     results, per_pair = {}, pd.DataFrame({"pair_id": pairs.manifest["pair_id"]})
     for name in settings.metrics:
