@@ -12,11 +12,12 @@ Intervals (`interval` in each metric's result: low, high, level, method):
 - a distance between two sets of image features (FID, KID): a bootstrap that resamples both sets,
   images with replacement, and takes the "basic" (reverse-percentile) interval. FID at N images is
   biased upwards, by more the smaller N; a bootstrap resample, with its repeated images, is more
-  biased still, so the percentile interval sits above the estimate and misses the true distance
-  (simulated coverage: tests/test_uncertainty.py and docs/decisions.md). The basic interval
-  reflects the resamples about the estimate, which removes the part of the bias the bootstrap can
-  see. The result also records that bias estimate (`bootstrap_bias`: mean of the resamples minus the
-  estimate). An interval is about the distance at this N: FIDs of different N are not comparable.
+  biased still, so the percentile interval sits above the estimate and misses the true distance.
+  The basic interval reflects the resamples about the estimate, which removes the part of the
+  bias the bootstrap can see; the result records that estimate (`bootstrap_bias`: mean of the
+  resamples minus the estimate). Simulated, it covers the true distance only when N is several
+  times the feature dimension (docs/decisions.md, "Uncertainty"): not at any N of the 2,048-d
+  Inception features this suite runs, which the report says. FIDs of different N never compare.
 
 Paired comparisons, A - B on the pairs both methods have (`Difference`):
 - per-pair binary outcomes (detected, re-identified, verified): McNemar's exact test (statsmodels)
@@ -45,6 +46,7 @@ from metrics.options import IntervalOptions
 WILSON = "Wilson score interval (binomial)"
 BCA_MEAN = "BCa bootstrap of the mean over pairs"
 BASIC_SETS = "basic bootstrap, both image sets resampled"
+LONG = 1000  # images from which a feature bootstrap takes long enough (seconds per resample) to show progress
 
 
 def interval(low: float, high: float, options: IntervalOptions, method: str) -> dict:
@@ -80,7 +82,8 @@ def two_sets(statistic: Callable[[np.ndarray, np.ndarray], float], sizes: tuple[
     `statistic` receives row indices into the two feature sets (of `sizes`); `estimate` is its value on
     all rows. A progress bar counts the resamples (each may take seconds on thousands of images).
     """
-    bar = tqdm(total=options.feature_resamples + 1, desc=f"{what} interval", unit="resample", leave=False)
+    bar = tqdm(total=options.feature_resamples + 1, desc=f"{what} interval", unit="resample", leave=False,
+               disable=max(sizes) < LONG)
 
     def counted(real: np.ndarray, anonymised: np.ndarray) -> float:
         bar.update()
@@ -150,7 +153,8 @@ def paired_sets(statistic: Callable[[np.ndarray, np.ndarray], float], sizes: tup
 
     The pair rows index both methods' features (the same pairs), the real rows the common real set.
     """
-    bar = tqdm(total=options.feature_resamples + 1, desc=f"{what} difference", unit="resample", leave=False)
+    bar = tqdm(total=options.feature_resamples + 1, desc=f"{what} difference", unit="resample", leave=False,
+               disable=max(sizes) < LONG)
 
     def counted(real: np.ndarray, pairs: np.ndarray) -> float:
         bar.update()

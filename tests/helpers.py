@@ -72,10 +72,18 @@ def repository_copy(destination: Path) -> Layout:
         if (REPO / name).is_file():
             (destination / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, destination / name)
-    identity = ["-c", "user.name=tests", "-c", "user.email=tests@localhost"]
-    for command in (["init", "-q"], ["add", "-A"], [*identity, "commit", "-q", "-m", "copy"]):
-        subprocess.run(["git", *command], cwd=destination, check=True, capture_output=True)
-    return Layout(destination)
+    layout = Layout(destination)
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "copy"]):
+        git(layout, *command)
+    return layout
+
+
+def git(layout: Layout, *args: str) -> str:
+    """Run git in the layout's repository (as a test identity); a failure shows its whole output."""
+    result = subprocess.run(["git", "-c", "user.name=tests", "-c", "user.email=tests@localhost", *args],
+                            cwd=layout.root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
 
 
 def dvc(layout: Layout, *args: str) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -20,7 +22,7 @@ from PIL import Image
 from infra.records import ANONYMISED, ReleaseStatus, Results
 from metrics import weights
 from pipelines.profile import apply
-from tests.helpers import PROTOCOL_LIST, dvc, repository_copy
+from tests.helpers import PROTOCOL_LIST, dvc, git, repository_copy
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 TRAINED = ["original", "blur", "pixelate", "ciagan", "anonygan-plain-68", "anonygan-plain-29", "anonygan-la-68",
@@ -107,7 +109,55 @@ def test_fid_and_kid_are_computed_and_facenet_metrics_absent_not_invented(small_
         assert fid.details["weights"]["sha256"] in inception
     row = next(line for line in (workdir.reports / "table1.md").read_text().splitlines()
                if line.startswith("| Blurring"))
-    assert "(95.13; " in row and "| - (0.07%) |" in row  # our FID beside the paper's; re-id not computed
+    assert "(95.13 " in row and "| - (0.07%) |" in row  # our FID beside the paper's; re-id not computed
+
+
+def test_every_value_has_its_interval_and_the_tables_say_where_the_paper_lies(small_run):
+    workdir, _ = small_run
+    for dataset, frame in tables(workdir).items():
+        available = frame.loc[TRAINED]
+        for metric in ("detection_dlib", "detection_mtcnn", "pose_error"):  # Wilson and BCa hold their estimate
+            held = available.dropna(subset=[metric])
+            assert ((held[f"{metric}_low"] <= held[metric]) & (held[metric] <= held[f"{metric}_high"])).all()
+        assert (available["fid_high"] > available["fid_low"]).all(), dataset
+        # FID at 30-100 images is far above the distance: the bootstrap sees it, and the basic interval corrects it.
+        assert (available["fid_bias"] > 0).all() and (available["fid_low"] < available["fid"]).all(), dataset
+        assert frame.loc["blur", "detection_dlib_paper_inside"] in (True, False)
+    markdown = (workdir.reports / "table2.md").read_text()
+    assert "Cells: ours [95 % interval]" in markdown and "bootstrap estimate here" in markdown
+    per_pair = pd.read_csv(workdir.pair_results("lfw", "blur"))
+    assert {"detection_dlib", "detection_mtcnn", "pose_error", "verification_dlib"} <= set(per_pair.columns)
+
+
+def test_two_dvc_experiments_are_compared_through_the_command(small_run):
+    """Two `dvc exp run`s of the blur kernel, compared by pipelines.compare from the experiments' refs."""
+    workdir, _ = small_run
+    git(workdir, "add", "-A")
+    git(workdir, "commit", "-q", "-m", "small profile run")
+    try:
+        for name, kernel in (("blur-k51", 51), ("blur-k75", 75)):
+            log = dvc(workdir, "exp", "run", "-n", name, "-S", f"anonymisers.blur.kernel_size={kernel}",
+                      "evaluate@blur")
+            assert "Running stage 'evaluate@blur'" in log and "Running stage 'evaluate@pixelate'" not in log
+        compared = subprocess.run([sys.executable, "-m", "pipelines.compare", "blur-k51", "blur-k75", "--method",
+                                   "blur", "--dataset", "lfw"], cwd=workdir.root, capture_output=True, text=True)
+        assert compared.returncode == 0, compared.stderr
+        text = compared.stdout
+        print(text)
+        assert "**lfw: A = blur-k51:blur, B = blur-k75:blur**" in text
+        rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.strip("|").split("|")]
+                for line in text.splitlines() if line.startswith("| ") and "---" not in line}
+        for metric, test in (("detection_dlib", "McNemar exact"), ("detection_mtcnn", "McNemar exact"),
+                             ("pose_error", "paired permutation"), ("fid", "paired bootstrap"),
+                             ("verification_dlib", "McNemar exact")):
+            assert rows[metric][5] == test, rows[metric]
+            assert 0 <= float(rows[metric][6]) <= float(rows[metric][7]) <= 1, rows[metric]
+        assert rows["fid"][1] == "100"
+        # The smaller kernel leaves more of the face: dlib finds more faces in A than in B.
+        assert float(rows["detection_dlib"][2].rstrip("%")) >= float(rows["detection_dlib"][3].rstrip("%"))
+    finally:  # the other tests read the committed run: put its files back
+        git(workdir, "reset", "-q", "--hard")
+        dvc(workdir, "checkout", "--force")
 
 
 def test_released_methods_are_rows_with_numbers_or_not_available_with_the_reason(small_run):

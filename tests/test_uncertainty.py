@@ -34,6 +34,7 @@ def test_share_intervals_cover_the_true_share_about_95_percent_of_the_time(share
     draws = np.random.default_rng(int(1000 * share) + n).binomial(n, share, 4000)
     intervals = {k: uncertainty.share(k, n, OPTIONS) for k in np.unique(draws)}  # one interval per distinct count
     coverage = np.mean([covered(intervals[k], share) for k in draws])
+    print(f"Wilson, share {share}, n {n}: coverage {coverage:.3f}")
     assert abs(coverage - 0.95) <= 0.025, coverage
     assert intervals[draws[0]]["method"] == uncertainty.WILSON and intervals[draws[0]]["level"] == 0.95
 
@@ -48,6 +49,7 @@ def test_the_bootstrap_interval_of_a_skewed_mean_covers_it_about_95_percent_of_t
     rng, truth, sims = np.random.default_rng(0), 1.0, 500
     hits = [covered(uncertainty.mean(rng.gamma(2.0, truth / 2.0, 200), IntervalOptions(resamples=1000, seed=s)), truth)
             for s in range(sims)]
+    print(f"BCa mean of 200 gamma values: coverage {np.mean(hits):.3f}")
     assert abs(np.mean(hits) - 0.95) <= 0.03, np.mean(hits)
 
 
@@ -72,6 +74,7 @@ def test_fid_bootstrap_interval_covers_the_true_distance_at_least_90_percent_of_
                                         IntervalOptions(seed=seed), "FID")
         hits.append(covered(interval, TRUE_FID))
         biases.append(interval["bootstrap_bias"])
+    print(f"FID, 300 + 300 features of 4 dimensions: coverage {np.mean(hits):.3f}, bias {np.mean(biases):+.4f}")
     assert np.mean(hits) >= 0.90, np.mean(hits)
     assert np.mean(biases) > 0  # a resample, with repeated images, is further from the truth: FID's upward bias
 
@@ -116,6 +119,7 @@ def correlated_pairs(rng: np.random.Generator, n: int, shares: tuple[float, floa
 def test_mcnemar_keeps_its_level_under_the_null_and_finds_a_real_difference():
     rng, level = np.random.default_rng(4), 1 - OPTIONS.level
     null = [uncertainty.paired_binary(*correlated_pairs(rng, 300, (0.3, 0.3)), OPTIONS).p < level for _ in range(400)]
+    print(f"McNemar: type I error {np.mean(null):.3f}")
     assert np.mean(null) <= level + 0.02, np.mean(null)  # the exact test is conservative, never liberal
     differences = [uncertainty.paired_binary(*correlated_pairs(rng, 600, (0.4, 0.3)), OPTIONS) for _ in range(100)]
     assert np.mean([d.p < level for d in differences]) >= 0.9
@@ -133,6 +137,7 @@ def test_paired_values_interval_covers_the_true_difference_and_the_permutation_t
         hits.append(difference.low <= 0.1 <= difference.high)
         null = uncertainty.paired_values(shared + rng.normal(0, 0.3, 150), shared + rng.normal(0, 0.3, 150), options)
         rejections.append(null.p < 0.05)
+    print(f"paired values: coverage {np.mean(hits):.3f}, permutation type I error {np.mean(rejections):.3f}")
     assert abs(np.mean(hits) - 0.95) <= 0.035, np.mean(hits)
     assert np.mean(rejections) <= 0.05 + 0.03, np.mean(rejections)
 
@@ -160,6 +165,7 @@ def test_paired_fid_difference_covers_the_true_difference_and_rejects_a_clear_on
         difference = uncertainty.paired_sets(fid_difference, (n, n), estimate, IntervalOptions(seed=seed), "FID")
         hits.append(difference.low <= truth <= difference.high)
         rejected.append(difference.p < 0.05)
+    print(f"paired FID difference: coverage {np.mean(hits):.3f}, power {np.mean(rejected):.3f}")
     assert np.mean(hits) >= 0.88, np.mean(hits)
     assert np.mean(rejected) >= 0.8, np.mean(rejected)
 
