@@ -101,11 +101,12 @@ def _verify_lfw(inputs: MetricInputs, model: str, name: str) -> dict:
     # The naive attacker on the same pairs: the real first photo, thresholds from real pairs (metrics.reid).
     keys = inputs.pairs.prepared_keys("first", "source")  # the set metrics.reid embeds: its cache serves both
     real, _ = _real(model, inputs.pairs, keys, inputs)
-    naive, _ = decisions(_distance(probes, lookup(keys, real, rows["first"])), same, folds,
-                         _calibrate(inputs, model)["thresholds"], inputs.interval)
+    naive_thresholds = _calibrate(inputs, model)["thresholds"]
+    naive, _ = decisions(_distance(probes, lookup(keys, real, rows["first"])), same, folds, naive_thresholds,
+                         inputs.interval)
     # Each same-person pair's outcome: re-identified (accepted) or not.
     per_pair = pd.DataFrame({"pair_id": rows["pair_id"].to_numpy()[same], name: accepted[same]})
-    return {**parrot, "thresholds": thresholds, "naive": naive, "n": len(rows), "skipped": skipped,
+    return {**parrot, "thresholds": thresholds, "naive": {**naive, "thresholds": naive_thresholds}, "n": len(rows), "skipped": skipped,
             "condition_rule": _rule(manifest), "per_pair": per_pair}
 
 
