@@ -92,9 +92,11 @@ def _verify_lfw(inputs: MetricInputs, model: str, name: str) -> dict:
     rows, skipped = _with_gallery(inputs, gallery_inputs, "first")
     if rows.empty:
         return {"value": None, "n": 0, "skipped": skipped}
-    probes, _ = _anonymised(model, rows, inputs)
-    kept, _ = _anonymised(model, rows, gallery_inputs, "first")
     same, folds = rows["same"].to_numpy(bool), rows["fold"].to_numpy()
+    # Embedded in two sets: the same-person probes are the set verification_<embedder> embeds (its cache serves both).
+    parts = [_anonymised(model, rows[part], inputs)[0] for part in (same, ~same)]
+    probes = np.concatenate(parts)[np.argsort(np.concatenate([np.flatnonzero(same), np.flatnonzero(~same)]))]
+    kept, _ = _anonymised(model, rows, gallery_inputs, "first")
     distances = _distance(probes, kept)
     thresholds, _ = cross_validate(distances, same, folds)  # each fold's from the other folds' anonymised pairs
     parrot, accepted = decisions(distances, same, folds, thresholds, inputs.interval)

@@ -24,10 +24,11 @@ from baselines.interface import Anonymiser, create, identity_order, load_batch
 from facedata.images import read_rgb
 from facedata.prepared import PreparedDataset
 from infra.errors import DataError
-from infra.records import ANONYMISED, TEST_PAIRS, pair_table
+from infra.records import ANONYMISED, TEST_PAIRS, MetricResult, Results, TestSet, pair_table
 from metrics import registry, reid
 from metrics.reid import best_threshold
 from pipelines import anonymise, gallery
+from pipelines import attacks as report_attacks
 from pipelines.config import from_mapping
 from pipelines.layout import Layout
 from tests.helpers import params_mapping, write_prepared
@@ -363,3 +364,43 @@ def test_no_gallery_without_a_metric_that_reads_it(tmp_path):
     anonymise.run_dataset(stage_params("different", ["detection_dlib"]), layout, "blur", "lfw")
     assert (layout.outputs("lfw", "blur") / "manifest.csv").is_file()
     assert not (layout.outputs("lfw", "blur") / gallery.GALLERY).exists()
+
+
+# --- the report's attacks tables and figure -------------------------------------------------------
+
+def recorded(result: dict, path) -> MetricResult:
+    """A calc result as the evaluate stage records it (per-pair values apart) and the report reads it back."""
+    record = Results(TestSet(result["n"], 0), {result["metric"]: MetricResult.of(
+        {key: value for key, value in result.items() if key != "per_pair"})})
+    record.write(path)
+    return Results.read(path).metrics[result["metric"]]
+
+
+def test_the_attacks_tables_put_naive_beside_parrot_and_the_figure_is_drawn(synthetic_lfw, synthetic_celeba,
+                                                                          tmp_path):
+    lfw_result = registry.calc("verification_dlib_parrot", synthetic_lfw[0])
+    celeba_result = registry.calc("verification_dlib_parrot", synthetic_celeba[0])
+    leak = registry.calc("condition_leak", synthetic_celeba[0])
+    all_results = {
+        "lfw": {"blur": Results(TestSet(60, 0), {"verification_dlib_parrot": recorded(lfw_result, tmp_path / "l.json")}),
+                "pixelate": Results(TestSet(60, 0))},  # no parrot metric: no row
+        "celeba": {"ciagan": Results(TestSet(24, 0), {
+            "verification_dlib_parrot": recorded(celeba_result, tmp_path / "c.json"),
+            "condition_leak": recorded(leak, tmp_path / "k.json")})}}
+    (tmp_path / "reports" / "figures").mkdir(parents=True)
+    tables = report_attacks.run(tmp_path / "reports", all_results)
+    lfw_row = pd.read_csv(tmp_path / "reports" / "attacks_lfw.csv").set_index("method").loc["blur"]
+    assert list(tables["lfw"]["method"]) == ["blur"] and lfw_row["embedder"] == "dlib"
+    assert lfw_row["parrot_acceptance"] == pytest.approx(lfw_result["value"])
+    assert lfw_row["naive_acceptance"] == pytest.approx(lfw_result["naive"]["value"])
+    assert lfw_row["parrot_accuracy_std"] == pytest.approx(lfw_result["accuracy_std"])
+    celeba_row = tables["celeba"].set_index("method").loc["ciagan"]
+    assert celeba_row["parrot_rank5"] == pytest.approx(celeba_result["rank5"])
+    assert celeba_row["naive_rank1"] == pytest.approx(celeba_result["naive_rank1"])
+    assert celeba_row["leak"] == 1.0 and celeba_row["leak_p"] == pytest.approx(leak["p"])
+    markdown = (tmp_path / "reports" / "attacks_lfw.md").read_text()
+    cell = f"{100 * lfw_result['value']:.1f}% ± {100 * lfw_result['std']:.1f}"
+    assert next(line for line in markdown.splitlines() if line.startswith("| blur | dlib |")).split(" | ")[3] == cell
+    assert "| ciagan | dlib |" in (tmp_path / "reports" / "attacks_celeba.md").read_text()
+    with Image.open(tmp_path / "reports" / "figures" / "attacks.png") as figure:
+        assert figure.format == "PNG" and min(figure.size) > 100
