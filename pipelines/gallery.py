@@ -32,12 +32,14 @@ import pandas as pd
 
 from baselines.interface import RunContext, create
 from facedata.prepared import PreparedDataset
-from infra.errors import DataError, MissingInputError
+from infra.errors import MissingInputError
 from infra.records import ANONYMISED
 from metrics import options
 from pipelines.config import Params
 
 GALLERY = "gallery"
+NO_CONDITION = "-"  # no prepared photo has this key
+NO_OTHER_PERSON = "no prepared photo of a person outside the pair to condition on"
 #: Prepended to the identity order in the `different` rule: a name no photo has, so every position moves by one.
 SHIFT = ""
 
@@ -58,21 +60,22 @@ def gallery_pairs(manifest: pd.DataFrame, faces: PreparedDataset, rule: str) -> 
                          "source_status": manifest[f"{photo}_status"]})
     if rule == "different":
         rows["condition"] = other_conditions(manifest, faces, photo)
+        rows.loc[rows["condition"] == NO_CONDITION, "source_status"] = NO_OTHER_PERSON  # its status: skipped, and why
     return rows
 
 
 def other_conditions(manifest: pd.DataFrame, faces: PreparedDataset, photo: str) -> list[str]:
-    """Per pair, a prepared photo of a person other than the gallery photo's, the probe's and the condition's."""
+    """Per pair, a prepared photo of a person other than the gallery photo's, the probe's and the condition's.
+
+    NO_CONDITION where the prepared set has no such person (a tiny test set): that gallery photo is skipped.
+    """
     keys = np.array(sorted(faces.ok.index))
     identities = faces.ok.loc[keys, "identity"].astype(str).to_numpy()
     chosen = []
     for row in manifest.itertuples():
         excluded = {row.source_identity, row.condition_identity, getattr(row, f"{photo}_identity")}
         candidates = keys[~np.isin(identities, list(excluded))]
-        if len(candidates) == 0:
-            raise DataError(f"no prepared photo of a person outside pair {row.pair_id} can condition its gallery "
-                            "photo: set anonymise.gallery_condition: same")
-        chosen.append(str(candidates[row.pair_id % len(candidates)]))
+        chosen.append(str(candidates[row.pair_id % len(candidates)]) if len(candidates) else NO_CONDITION)
     return chosen
 
 

@@ -31,7 +31,7 @@ from pipelines import anonymise, gallery
 from pipelines import attacks as report_attacks
 from pipelines.config import from_mapping
 from pipelines.layout import Layout
-from tests.helpers import params_mapping, write_prepared
+from tests.helpers import fake_test_set, params_mapping, write_prepared
 
 FOLDS = 10
 SIDE = 16  # synthetic crops: the metrics only check that every image has the crops' size
@@ -404,3 +404,13 @@ def test_the_attacks_tables_put_naive_beside_parrot_and_the_figure_is_drawn(synt
     assert "| ciagan | dlib |" in (tmp_path / "reports" / "attacks_celeba.md").read_text()
     with Image.open(tmp_path / "reports" / "figures" / "attacks.png") as figure:
         assert figure.format == "PNG" and min(figure.size) > 100
+
+
+def test_a_gallery_photo_without_another_person_to_condition_on_is_skipped_with_the_reason(tmp_path):
+    layout = Layout(tmp_path)
+    fake_test_set(layout, "lfw")  # two people: the pair's own, no third one
+    anonymise.run_dataset(stage_params("different", ["verification_dlib_parrot"]), layout, "original", "lfw")
+    folder = layout.outputs("lfw", "original") / gallery.GALLERY
+    written = ANONYMISED.read(folder / "manifest.csv")
+    assert written["status"].tolist() == [f"skipped: {gallery.NO_OTHER_PERSON}"]
+    assert not (folder / "0.png").exists() and (layout.outputs("lfw", "original") / "0.png").is_file()
