@@ -112,20 +112,31 @@ def _verify_lfw(inputs: MetricInputs, model: str, name: str) -> dict:
             "condition_rule": _rule(manifest), "per_pair": per_pair}
 
 
-def ranks(probes: np.ndarray, probe_keys, gallery_features: np.ndarray, gallery_keys, identity: pd.Series
-          ) -> np.ndarray:
+def ranks(probes: np.ndarray, probe_keys, gallery_features: np.ndarray, gallery_keys, identity: pd.Series,
+          chunk: int = 1024) -> np.ndarray:
     """Per probe, the rank of its identity among the gallery's, by each identity's nearest photo (1 = first).
 
     The probe's own photo is never in its gallery; NaN where the gallery has no other photo of its identity.
+    Probes go in chunks: CelebA's ~11,000 test photos against as many would be a 1 GB distance matrix.
     """
-    probe_keys, gallery_keys = np.asarray(probe_keys), np.asarray(gallery_keys)
-    distances = cdist(np.asarray(probes, np.float64), np.asarray(gallery_features, np.float64))
-    distances[probe_keys[:, None] == gallery_keys[None, :]] = np.inf
-    nearest = pd.DataFrame(distances.T).groupby(identity[gallery_keys].to_numpy()).min()  # identities x probes
-    row = nearest.index.get_indexer(identity[probe_keys].to_numpy())
-    own = np.where(row >= 0, nearest.to_numpy()[row, np.arange(len(probe_keys))], np.inf)
-    rank = (nearest.to_numpy() < own).sum(axis=0) + 1.0
-    return np.where(np.isfinite(own), rank, np.nan)
+    codes, _ = pd.factorize(np.concatenate([np.asarray(probe_keys, str), np.asarray(gallery_keys, str)]))
+    probe_codes, gallery_codes = codes[:len(probes)], codes[len(probes):]
+    gallery_identity = identity[gallery_keys].to_numpy()
+    order = np.argsort(gallery_identity, kind="stable")  # each identity's photos side by side
+    labels, starts = np.unique(gallery_identity[order], return_index=True)
+    gallery_features, gallery_codes = np.asarray(gallery_features, np.float64)[order], gallery_codes[order]
+    own_identity = identity[probe_keys].to_numpy()
+    column = np.minimum(np.searchsorted(labels, own_identity), len(labels) - 1)
+    known = labels[column] == own_identity
+    result = np.full(len(probes), np.nan)
+    for first in range(0, len(probes), chunk):
+        part = slice(first, first + chunk)
+        distances = cdist(np.asarray(probes[part], np.float64), gallery_features)
+        distances[probe_codes[part][:, None] == gallery_codes[None, :]] = np.inf
+        nearest = np.minimum.reduceat(distances, starts, axis=1)  # probes x identities
+        own = np.where(known[part], nearest[np.arange(len(nearest)), column[part]], np.inf)
+        result[part] = np.where(np.isfinite(own), (nearest < own[:, None]).sum(axis=1) + 1.0, np.nan)
+    return result
 
 
 def _rates(rank: np.ndarray) -> dict:
@@ -193,34 +204,37 @@ def condition_leak(inputs: MetricInputs, options: LeakOptions) -> dict:
                 "skipped": Counter({"LFW: no person has two photos anonymised": len(inputs.pairs.manifest)})}
     gallery_inputs, manifest = gallery(inputs)
     rows, skipped = _with_gallery(inputs, gallery_inputs)
-    if _rule(manifest) != "different":
-        skipped[f"gallery anonymised with the probes' conditions (anonymise.gallery_condition: {_rule(manifest)})"] \
-            += len(rows)
+    rule = _rule(manifest)
+    if rule != "different":
+        skipped[f"gallery anonymised with the probes' conditions (anonymise.gallery_condition: {rule})"] += len(rows)
         return {"value": None, "n": 0, "skipped": skipped}
     same_condition, _ = _anonymised(options.embedder, rows, inputs)
     other_condition, _ = _anonymised(options.embedder, rows, gallery_inputs)
     threshold = _calibrate(inputs, options.embedder)["threshold"]
     identity = inputs.pairs.prepared.ok["identity"].astype(str)[rows["source"]].to_numpy()
-    mates = (identity[:, None] == identity[None, :]) & ~np.eye(len(rows), dtype=bool)
-    has_mates = mates.sum(axis=1) > 0
+    # Per probe, over its mates (the person's other photos): linked share and mean distance, each side.
+    linked, distance = np.full((len(rows), 2), np.nan), np.full((len(rows), 2), np.nan)
+    for members in pd.Series(np.arange(len(rows))).groupby(identity).indices.values():
+        if len(members) < 2:
+            continue
+        mates = ~np.eye(len(members), dtype=bool)
+        for side, features in enumerate((same_condition, other_condition)):
+            between = cdist(same_condition[members], features[members])
+            linked[members, side] = np.where(mates, between < threshold, 0).sum(axis=1) / mates.sum(axis=1)
+            distance[members, side] = np.where(mates, between, 0).sum(axis=1) / mates.sum(axis=1)
+    has_mates = np.isfinite(linked[:, 0])
     if (~has_mates).any():
         skipped["no other photo of the identity"] += int((~has_mates).sum())
     if has_mates.sum() < 2:
         return {"value": None, "n": int(has_mates.sum()), "skipped": skipped}
-    distance_same = cdist(same_condition, same_condition)
-    distance_other = cdist(same_condition, other_condition)
-
-    def mean_over_mates(values: np.ndarray) -> np.ndarray:
-        return (np.where(mates, values, 0).sum(axis=1) / np.maximum(mates.sum(axis=1), 1))[has_mates]
-
-    rate_same, rate_other = mean_over_mates(distance_same < threshold), mean_over_mates(distance_other < threshold)
+    rate_same, rate_other = linked[has_mates, 0], linked[has_mates, 1]
     difference = uncertainty.paired_values(rate_same, rate_other, inputs.interval)
     return {"value": difference.difference,
             "interval": uncertainty.interval(difference.low, difference.high, inputs.interval, PAIRED),
             "p": difference.p, "test": difference.test, "same_rate": float(rate_same.mean()),
             "different_rate": float(rate_other.mean()),
-            "same_distance": float(mean_over_mates(distance_same).mean()),
-            "different_distance": float(mean_over_mates(distance_other).mean()),
+            "same_distance": float(distance[has_mates, 0].mean()),
+            "different_distance": float(distance[has_mates, 1].mean()),
             "threshold": threshold, "embedder": options.embedder, "n": int(has_mates.sum()), "skipped": skipped,
             "per_pair": pd.DataFrame({"pair_id": rows["pair_id"].to_numpy()[has_mates],
                                       "condition_leak": rate_same - rate_other})}

@@ -25,7 +25,7 @@ from facedata.images import read_rgb
 from facedata.prepared import PreparedDataset
 from infra.errors import DataError
 from infra.records import ANONYMISED, TEST_PAIRS, MetricResult, Results, TestSet, pair_table
-from metrics import registry, reid
+from metrics import attacks, registry, reid
 from metrics.reid import best_threshold
 from pipelines import anonymise, gallery
 from pipelines import attacks as report_attacks
@@ -241,6 +241,9 @@ def test_parrot_identification_ranks_are_scikit_learns_top_k_accuracy(synthetic_
             top_k(embeddings["probe"], keys, real_features, keys, identity, k))
         assert result[f"real_rank{k}"] == pytest.approx(top_k(real_features, keys, real_features, keys, identity, k))
     assert result["n"] == 24 and result["n_identities"] == 6 and result["n_gallery"] == 24
+    probe_ranks = attacks.ranks(embeddings["probe"], keys, embeddings["gallery"], keys, pd.Series(identity))
+    assert np.array_equal(attacks.ranks(embeddings["probe"], keys, embeddings["gallery"], keys, pd.Series(identity),
+                                        chunk=5), probe_ranks)  # in chunks of probes, as on CelebA's 11,000
     assert result["per_pair"]["verification_dlib_parrot"].mean() == pytest.approx(result["value"])
 
 
