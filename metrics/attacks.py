@@ -108,8 +108,8 @@ def _verify_lfw(inputs: MetricInputs, model: str, name: str) -> dict:
                          inputs.interval)
     # Each same-person pair's outcome: re-identified (accepted) or not.
     per_pair = pd.DataFrame({"pair_id": rows["pair_id"].to_numpy()[same], name: accepted[same]})
-    return {**parrot, "thresholds": thresholds, "naive": {**naive, "thresholds": naive_thresholds}, "n": len(rows), "skipped": skipped,
-            "condition_rule": _rule(manifest), "per_pair": per_pair}
+    return {**parrot, "thresholds": thresholds, "naive": {**naive, "thresholds": naive_thresholds}, "n": len(rows),
+            "skipped": skipped, "condition_rule": _rule(manifest), "per_pair": per_pair}
 
 
 def ranks(probes: np.ndarray, probe_keys, gallery_features: np.ndarray, gallery_keys, identity: pd.Series,

@@ -94,7 +94,8 @@ def synthetic_lfw(tmp_path, monkeypatch):
     pair_set = lfw_pairs(faces(tmp_path / "prepared", 3 * FOLDS, 2, rng))
     manifest = pair_set.manifest
     centres = {f"P{i}": rng.normal(size=8) for i in range(3 * FOLDS)}
-    real = {key: centres[pair_set.prepared.identity(key)] + 0.5 * rng.normal(size=8) for key in pair_set.prepared.ok.index}
+    real = {key: centres[pair_set.prepared.identity(key)] + 0.5 * rng.normal(size=8)
+            for key in pair_set.prepared.ok.index}
     images = tmp_path / "blur"
     write_images(images, manifest["pair_id"])
     write_gallery(images, pair_set, "different")
@@ -143,8 +144,8 @@ def test_parrot_thresholds_are_scikit_learns_cross_validation_on_anonymised_pair
     fitted = cross_validate(Threshold(), parrot[:, None], same, cv=split, scoring="accuracy", return_estimator=True)
     assert result["thresholds"] == {fold: pytest.approx(estimator.threshold_)
                                     for fold, estimator in zip(range(1, FOLDS + 1), fitted["estimator"], strict=True)}
-    assert result["accuracy_per_fold"] == {fold: pytest.approx(score)
-                                           for fold, score in zip(range(1, FOLDS + 1), fitted["test_score"], strict=True)}
+    scores = zip(range(1, FOLDS + 1), fitted["test_score"], strict=True)
+    assert result["accuracy_per_fold"] == {fold: pytest.approx(score) for fold, score in scores}
     accepted = cross_val_predict(Threshold(), parrot[:, None], same, cv=split)
     assert result["per_fold"] == per_fold(accepted[same], folds[same])
     assert result["value"] == pytest.approx(pd.Series(accepted[same]).groupby(folds[same]).mean().mean())
@@ -385,7 +386,8 @@ def test_the_attacks_tables_put_naive_beside_parrot_and_the_figure_is_drawn(synt
     celeba_result = registry.calc("verification_dlib_parrot", synthetic_celeba[0])
     leak = registry.calc("condition_leak", synthetic_celeba[0])
     all_results = {
-        "lfw": {"blur": Results(TestSet(60, 0), {"verification_dlib_parrot": recorded(lfw_result, tmp_path / "l.json")}),
+        "lfw": {"blur": Results(TestSet(60, 0),
+                                {"verification_dlib_parrot": recorded(lfw_result, tmp_path / "l.json")}),
                 "pixelate": Results(TestSet(60, 0))},  # no parrot metric: no row
         "celeba": {"ciagan": Results(TestSet(24, 0), {
             "verification_dlib_parrot": recorded(celeba_result, tmp_path / "c.json"),
