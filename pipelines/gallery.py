@@ -11,12 +11,13 @@ metric that reads it (`metrics.options.Metric.gallery`), inside the method's out
   never matched with its own photo: metrics.attacks leaves it out).
 
 `anonymise.gallery_condition` chooses each gallery photo's condition:
-- `same`: the probe's condition: the pair's condition photo (AnonyGAN), and the identity the method
-  derives its condition from is the probe's (CIAGAN's target follows the source identity's position);
+- `same`: the condition the test pairs give. LFW: the probe's (the pair's condition photo, and the identity
+  the method derives its condition from is the probe's: CIAGAN's target follows the source identity's
+  position); CelebA: the photo's own pair's, whose condition identity all of that person's photos share;
 - `different`: another identity's: the condition photo is the (pair_id mod n)-th prepared photo, in key
-  order, of a person who is neither the pair's nor its condition's, and methods that derive the target
-  from the identity order (CIAGAN) see that order shifted by one place, so each identity gets the target
-  of the identity after it.
+  order, of a person who is neither the pair's nor its condition's (no such person prepared: that gallery
+  photo is skipped, its status says why), and methods that derive the target from the identity order
+  (CIAGAN) see that order shifted by one place, so each identity gets the target of the identity after it.
 Methods without a condition (original, blur, pixelation) ignore the rule: their gallery is the same either way.
 The manifest records the rule in `condition_rule`. A third-party folder method (`anonymiser: folder`) supplies its
 gallery as `<root>/<dataset>/gallery/<pair_id>.png`; without that folder every gallery row is "not available".
