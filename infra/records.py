@@ -285,6 +285,12 @@ class Results:
         number = result.value if isinstance(result, MetricResult) else None
         return math.nan if number is None else float(number)
 
+    def interval(self, metric: str) -> tuple[float, float]:
+        """The metric's interval (low, high); NaNs when it has none."""
+        result = self.metrics.get(metric)
+        bounds = result.details.get("interval") if isinstance(result, MetricResult) else None
+        return (math.nan, math.nan) if not bounds else (float(bounds["low"]), float(bounds["high"]))
+
     @classmethod
     def read(cls, path: str | Path) -> Results:
         data = read_json_object(path)

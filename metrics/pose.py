@@ -20,6 +20,7 @@ import torch
 
 from facedata.images import read_rgb
 from facedata.landmarks import LEFT_EYE_OUTER, RIGHT_EYE_OUTER
+from metrics import uncertainty
 from metrics.dlib_faces import hog_faces
 from metrics.fan import fan_faces
 from metrics.options import MtcnnOptions, NoOptions, PoseOptions
@@ -80,6 +81,7 @@ def pose_error(inputs: MetricInputs, options: PoseOptions) -> dict:
     return {"value": float(errors.mean()) if len(errors) else float("nan"),
             # the authors' torch.std_mean: unbiased
             "std": float(errors.std(ddof=1)) if len(errors) > 1 else float("nan"),
+            "interval": uncertainty.mean(errors, inputs.interval),
             "n": int(usable.sum()), "n_failed": int((~usable).sum()), "failed": dict(+failed),
             "failure_rate": float((~usable).mean()) if len(usable) else float("nan"),
             **({"weights": record} if record else {}), "skipped": skipped,
@@ -90,10 +92,7 @@ def detection_dlib(inputs: MetricInputs, options: NoOptions) -> dict:
     """Share of anonymised images where dlib's HOG detector (upsample 1) finds at least one face."""
     rows, skipped = inputs.evaluable()
     faces = hog_faces([inputs.image_path(pair_id) for pair_id in rows["pair_id"]], inputs.cache, inputs.workers)
-    detected = faces[:, 0] > 0
-    return {"value": float(detected.mean()) if len(rows) else float("nan"), "n": len(rows),
-            "n_detected": int(detected.sum()), "skipped": skipped,
-            "per_pair": pd.DataFrame({"pair_id": rows["pair_id"].to_numpy(), "detected_dlib": detected})}
+    return _detection_share(rows, faces[:, 0] > 0, skipped, inputs, "detection_dlib")
 
 
 def detection_mtcnn(inputs: MetricInputs, options: MtcnnOptions) -> dict:
@@ -119,7 +118,13 @@ def detection_mtcnn(inputs: MetricInputs, options: MtcnnOptions) -> dict:
 
     faces = cached_features(inputs.cache, f"mtcnn-{options.threshold}", MTCNN_CACHE_VERSION,
                             [content_digest(p) for p in paths], count_faces)
-    detected = faces > 0
+    return _detection_share(rows, faces > 0, skipped, inputs, "detection_mtcnn")
+
+
+def _detection_share(rows: pd.DataFrame, detected: np.ndarray, skipped: Counter, inputs: MetricInputs,
+                     name: str) -> dict:
+    """The share of images with a face, its interval, and each pair's outcome."""
     return {"value": float(detected.mean()) if len(rows) else float("nan"), "n": len(rows),
-            "n_detected": int(detected.sum()), "skipped": skipped,
-            "per_pair": pd.DataFrame({"pair_id": rows["pair_id"].to_numpy(), "detected_mtcnn": detected})}
+            "n_detected": int(detected.sum()), "interval": uncertainty.share(int(detected.sum()), len(rows),
+                                                                             inputs.interval),
+            "skipped": skipped, "per_pair": pd.DataFrame({"pair_id": rows["pair_id"].to_numpy(), name: detected})}

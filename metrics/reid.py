@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from metrics import facenet
+from metrics import facenet, uncertainty
 from metrics.dlib_faces import descriptors
 from metrics.options import NoOptions, ReidOptions
 from metrics.registry import MetricInputs, PairSet, lookup
@@ -59,6 +59,11 @@ def _anonymised(model: str, rows: pd.DataFrame, inputs: MetricInputs, photo: str
                      _landmarks(inputs.pairs, rows[photo]), inputs)
 
 
+def _per_pair(rows: pd.DataFrame, name: str, values) -> pd.DataFrame:
+    """Each pair's outcome in a column named after the metric, for paired comparisons."""
+    return pd.DataFrame({"pair_id": rows["pair_id"].to_numpy(), name: np.asarray(values)})
+
+
 def _fold_summary(values: pd.Series, folds: pd.Series) -> dict:
     """Mean over folds and their unbiased std (ddof 1, as the authors' torch.std_mean)."""
     per_fold = values.groupby(folds).mean()
@@ -91,7 +96,10 @@ def _paper_reid(inputs: MetricInputs, model: str, lfw_reference: str, preprocess
                                         preprocessing)
     match = pd.Series(anonymised_classes == lookup(keys, real_classes, rows[reference]), index=rows.index, dtype=float)
     summary = _fold_summary(match, rows["fold"]) if pairs.is_lfw else {"value": float(match.mean())}
-    return {**summary, "n": len(rows), "n_matches": int(match.sum()), "skipped": skipped}
+    # On LFW the value is the mean over folds of equal size, so the share of all pairs is the same number.
+    return {**summary, "n": len(rows), "n_matches": int(match.sum()),
+            "interval": uncertainty.share(int(match.sum()), len(rows), inputs.interval), "skipped": skipped,
+            "per_pair": _per_pair(rows, f"reid_facenet_{model}", match.astype(bool))}
 
 
 def reid_facenet_casia(inputs: MetricInputs, options: ReidOptions) -> dict:
@@ -174,7 +182,9 @@ def _verify_lfw(inputs: MetricInputs, model: str, calibration: dict) -> dict:
     real_verified = pd.Series(_distance(lookup(keys, real, rows["source"]), first) < limit, index=rows.index,
                               dtype=float)
     return {**_fold_summary(verified, rows["fold"]), "real_rate": float(real_verified.mean()),
-            "thresholds": calibration["thresholds"], "n": len(rows), "skipped": skipped}
+            "thresholds": calibration["thresholds"], "n": len(rows), "n_verified": int(verified.sum()),
+            "interval": uncertainty.share(int(verified.sum()), len(rows), inputs.interval), "skipped": skipped,
+            "per_pair": _per_pair(rows, _metric_name(model), verified.astype(bool))}
 
 
 def _verify_celeba(inputs: MetricInputs, model: str, calibration: dict) -> dict:
@@ -188,23 +198,37 @@ def _verify_celeba(inputs: MetricInputs, model: str, calibration: dict) -> dict:
     anonymised, _ = _anonymised(model, rows, inputs)
     threshold = calibration["threshold"]
 
-    def scores(probes: np.ndarray) -> tuple[float, float]:
+    def scores(probes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per probe: the share of its identity's other photos it is verified against (NaN if none), rank-1 hit."""
         rates, hits = [], []
         for probe, source in zip(probes, rows["source"], strict=True):
             distances = _distance(gallery, probe)
             others = gallery_keys != source  # never the probe's own original photo
             mates = others & (gallery_identity == identity[source])
-            if mates.any():
-                rates.append(float((distances[mates] < threshold).mean()))
+            rates.append(float((distances[mates] < threshold).mean()) if mates.any() else np.nan)
             nearest = np.flatnonzero(others)[np.argmin(distances[others])]
             hits.append(gallery_identity[nearest] == identity[source])
-        return float(np.mean(rates)) if rates else float("nan"), float(np.mean(hits)) if hits else float("nan")
+        return np.array(rates, np.float64), np.array(hits, bool)
 
-    rate, rank1 = scores(anonymised)
-    real_rate, real_rank1 = scores(lookup(gallery_keys, gallery, rows["source"]))
-    return {"value": rate, "rank1": rank1, "real_rate": real_rate, "real_rank1": real_rank1,
+    def mean(values: np.ndarray) -> float:
+        values = values[np.isfinite(values)]
+        return float(values.mean()) if len(values) else float("nan")
+
+    rates, hits = scores(anonymised)
+    real_rates, real_hits = scores(lookup(gallery_keys, gallery, rows["source"]))
+    name = _metric_name(model)
+    per_pair = _per_pair(rows, name, rates).assign(**{f"{name}_rank1": hits})
+    # A probe's rate is a share of a few photos, not one trial: its interval bootstraps the probes.
+    return {"value": mean(rates), "interval": uncertainty.mean(rates, inputs.interval),
+            "rank1": mean(hits.astype(float)), "rank1_interval": uncertainty.share(int(hits.sum()), len(hits),
+                                                                                    inputs.interval),
+            "real_rate": mean(real_rates), "real_rank1": mean(real_hits.astype(float)),
             "threshold": threshold, "n": len(rows), "n_gallery": len(gallery_keys),
-            "n_identities": len(test_identities), "skipped": skipped}
+            "n_identities": len(test_identities), "skipped": skipped, "per_pair": per_pair}
+
+
+def _metric_name(model: str) -> str:
+    return "verification_dlib" if model == "dlib" else f"verification_facenet_{model}"
 
 
 def _verification(inputs: MetricInputs, model: str) -> dict:

@@ -100,6 +100,7 @@ class EvaluateConfig:
 @dataclass(frozen=True)
 class ReportConfig:
     grid_pairs: Annotated[int, at_least(1)] = 6  # pairs per dataset in the qualitative figure
+    latex_intervals: bool = True  # the LaTeX tables show each value's interval (Markdown and CSV always do)
 
 
 @dataclass(frozen=True)

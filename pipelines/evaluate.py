@@ -1,9 +1,11 @@
 """Stage `evaluate@<method>`: every configured metric on one method's anonymised crops, per dataset.
 
 Reads outputs/<dataset>/<method>/ and writes results/<dataset>/<method>.json (infra.records.Results:
-the test set's pairs and {metric name: metrics.registry.calc result}) and
-results/<dataset>/<method>.pairs.csv (the per-pair values metrics report: pose error, detected or
-not; one row per pair). A metric whose
+the test set's pairs and {metric name: metrics.registry.calc result}, each value with its
+interval), results/<dataset>/<method>.pairs.csv (each pair's outcome per metric: pose error,
+detected or not, re-identified or not; one row per pair) and results/<dataset>/<method>.features.npz
+(the Inception features FID and KID used; empty arrays without them), which pipelines.compare
+reads for paired comparisons. A metric whose
 pretrained weights are missing or fail their checksum is recorded as {"error": <what is wrong
 and what to do>} instead of stopping the stage; the report shows it as not computed. A method
 the anonymise stage marked not available gets {"not_available": {"reason": ...}} and no
@@ -19,6 +21,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from facedata.datasets import DATASETS
@@ -36,10 +39,15 @@ from infra.records import (
     TestSet,
 )
 from metrics import registry
+from metrics.fid import FEATURES, FeatureSets
 from metrics.weights import WeightsUnavailableError
 from pipelines import stage
 from pipelines.config import Params
 from pipelines.layout import Layout, require
+
+#: What results/<dataset>/<method>.features.npz holds when neither FID nor KID was computed.
+NO_FEATURES = FeatureSets(np.zeros((0, FEATURES), np.float32), np.zeros((0, FEATURES), np.float32),
+                          np.zeros(0, np.int64), "none")
 
 
 def pair_set(layout: Layout, dataset: str) -> registry.PairSet:
@@ -72,6 +80,7 @@ def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> Re
         results = Results(pairs_counted(len(pairs.manifest), Counter({"method not available": len(pairs.manifest)})),
                           not_available=reason)
         PAIR_RESULTS.write(layout.pair_results(dataset, method), pairs.manifest[["pair_id"]])
+        NO_FEATURES.write(layout.features(dataset, method))
         results.write(layout.results(dataset, method))
         print(f"{dataset}/{method}: not evaluated, not available ({reason})")
         return results
@@ -86,6 +95,7 @@ def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> Re
         interval=settings.interval,
     )
     results, per_pair = {}, pd.DataFrame({"pair_id": pairs.manifest["pair_id"]})
+    features = NO_FEATURES
     for name in settings.metrics:
         try:
             results[name] = registry.calc(name, inputs, params.metrics[name])
@@ -96,6 +106,7 @@ def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> Re
         result = results[name]
         if "per_pair" in result:
             per_pair = per_pair.merge(result.pop("per_pair"), on="pair_id", how="left")
+        features = result.pop("features", features)
         results[name] = MetricResult.of(result)
         value = result.get("value")
         shown = f"{value:.6g}" if isinstance(value, float) else value  # 0.06, not 0.06000000000000001
@@ -103,6 +114,7 @@ def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> Re
               f"{result['seconds']} s)")
     record = Results(pairs_counted(len(pairs.manifest), inputs.evaluable()[1]), results)
     PAIR_RESULTS.write(layout.pair_results(dataset, method), per_pair)
+    features.write(layout.features(dataset, method))
     record.write(layout.results(dataset, method))
     return record
 

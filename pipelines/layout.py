@@ -78,6 +78,10 @@ class Layout:
     def pair_results(self, dataset: str, method: str) -> Path:
         return self.results_root / dataset / f"{method}.pairs.csv"
 
+    def features(self, dataset: str, method: str) -> Path:
+        """The Inception features FID and KID were computed from (metrics.fid.FeatureSets), for comparisons."""
+        return self.results_root / dataset / f"{method}.features.npz"
+
     @property
     def reports(self) -> Path:
         return self.root / "reports"

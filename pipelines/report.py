@@ -55,22 +55,13 @@ def privacy_utility(all_results: dict, paper: dict, target: Path) -> None:
 
     Left: the paper's axes (FID, FaceNet casia re-id); our points appear where the Inception
     and FaceNet weights were available. Right: the offline axes (dlib detection, dlib
-    verification re-id), always computed.
+    verification re-id), always computed. Our points carry their intervals as error bars.
     """
     figure, axes = plt.subplots(len(all_results), 2, figsize=(12, 5 * len(all_results)), squeeze=False)
     for row, (dataset, results) in enumerate(all_results.items()):
-        ours = pd.DataFrame(
-            [
-                {
-                    "method": m,
-                    "fid": r.value("fid"),
-                    "reid": r.value("reid_facenet_casia"),
-                    "detection": r.value("detection_dlib"),
-                    "verified": r.value("verification_dlib"),
-                }
-                for m, r in results.items()
-            ]
-        )
+        ours = pd.DataFrame([{"method": m, **_point(r, "fid", "fid"), **_point(r, "reid_facenet_casia", "reid"),
+                              **_point(r, "detection_dlib", "detection"), **_point(r, "verification_dlib", "verified")}
+                             for m, r in results.items()])
         theirs = pd.DataFrame(
             [
                 {
@@ -87,7 +78,7 @@ def privacy_utility(all_results: dict, paper: dict, target: Path) -> None:
         left.scatter(
             theirs["fid"], 100 * theirs["reid"], marker="o", facecolors="none", edgecolors="grey", label="paper"
         )
-        left.scatter(ours["fid"], 100 * ours["reid"], color="tab:blue", label="ours")
+        _with_error_bars(left, ours, "fid", "reid", 1.0, "tab:blue", "ours (95 % intervals)")
         for frame, colour in ((theirs, "grey"), (ours, "tab:blue")):
             for item in frame.itertuples():
                 if np.isfinite(item.fid) and np.isfinite(item.reid):
@@ -99,7 +90,7 @@ def privacy_utility(all_results: dict, paper: dict, target: Path) -> None:
             ylabel="re-id, FaceNet casia top-1 (%)",
         )
         left.legend()
-        right.scatter(100 * ours["detection"], 100 * ours["verified"], color="tab:orange")
+        _with_error_bars(right, ours, "detection", "verified", 100.0, "tab:orange", None)
         for item in ours.itertuples():
             if np.isfinite(item.detection) and np.isfinite(item.verified):
                 right.annotate(item.method, (100 * item.detection, 100 * item.verified), fontsize=7)
@@ -111,18 +102,39 @@ def privacy_utility(all_results: dict, paper: dict, target: Path) -> None:
     save_figure(figure, target)
 
 
+def _point(result: Results, metric: str, name: str) -> dict[str, float]:
+    """A method's value of `metric` and its interval as columns `name`, `name_low`, `name_high`."""
+    low, high = result.interval(metric)
+    return {name: result.value(metric), f"{name}_low": low, f"{name}_high": high}
+
+
+def _with_error_bars(axis: plt.Axes, points: pd.DataFrame, x: str, y: str, x_scale: float, colour: str,
+                     label: str | None) -> None:
+    """Each method's point with its intervals as error bars (none where it has no interval)."""
+    def errors(name: str, scale: float) -> np.ndarray:
+        below, above = points[name] - points[f"{name}_low"], points[f"{name}_high"] - points[name]
+        return scale * np.nan_to_num(np.vstack([below, above]).clip(min=0))
+
+    axis.errorbar(x_scale * points[x], 100 * points[y], xerr=errors(x, x_scale), yerr=errors(y, 100.0), fmt="o",
+                  color=colour, ecolor=colour, elinewidth=1, capsize=2, label=label)
+
+
 def detection(all_results: dict, paper: dict, target: Path) -> None:
+    """Detection rates per method and detector, with their intervals, and the paper's as black marks."""
     rows = []
     for dataset, results in all_results.items():
         for method, result in results.items():
             for metric, detector in (("detection_dlib", "dlib"), ("detection_mtcnn", "MTCNN")):
                 reference = paper.get(dataset, {}).get(method, {}).get(metric)
+                low, high = result.interval(metric)
                 rows.append(
                     {
                         "dataset": dataset,
                         "method": method,
                         "detector": detector,
                         "ours": 100 * result.value(metric),
+                        "low": 100 * low,
+                        "high": 100 * high,
                         "paper": math.nan if reference is None else 100 * reference,
                     }
                 )
@@ -132,6 +144,9 @@ def detection(all_results: dict, paper: dict, target: Path) -> None:
         order = [label.get_text() for label in axis.get_xticklabels()]
         for offset, detector in ((-0.2, "dlib"), (0.2, "MTCNN")):
             points = part[part["detector"] == detector].set_index("method").reindex(order)
+            spread = np.nan_to_num(np.vstack([points["ours"] - points["low"], points["high"] - points["ours"]]))
+            axis.errorbar(np.arange(len(order)) + offset, points["ours"], yerr=spread.clip(min=0), fmt="none",
+                          ecolor="black", elinewidth=1, capsize=2)
             if points["paper"].isna().all():  # none of the paper's rows (matplotlib cannot place only NaNs)
                 continue
             axis.scatter(
@@ -246,7 +261,8 @@ def run(params: Params, layout: Layout) -> dict[str, pd.DataFrame]:
         frame = table(all_results[dataset], paper[dataset], paper["rows"], with_std=dataset == "lfw")
         write_table(layout.reports / f"table{number}.csv", frame)
         write_bytes(layout.reports / f"table{number}.md", to_markdown(frame, caption).encode())
-        write_bytes(layout.reports / f"table{number}.tex", to_latex(frame, caption).encode())
+        write_bytes(layout.reports / f"table{number}.tex",
+                    to_latex(frame, caption, params.report.latex_intervals).encode())
         tables[dataset] = frame
         print(to_markdown(frame, caption))
     attacks.run(layout.reports, all_results)  # the naive and the parrot attacker: reports/attacks_*, not Tables 1-2

@@ -79,6 +79,27 @@ def test_lfw_cells_carry_mean_and_std_only_where_the_paper_does():
     assert r"2.00\% $\pm$ 0.50" in latex and latex.count(r"\\") >= 2
 
 
+def interval(low, high, **more):
+    return {"low": low, "high": high, "level": 0.95, "method": "test", **more}
+
+
+def test_cells_show_our_interval_and_whether_the_papers_value_lies_in_it():
+    results = {"blur": evaluated(fid=result(91.35, interval=interval(89.9, 92.8, bootstrap_bias=2.5)),
+                                 detection_dlib=result(0.0457, interval=interval(0.0406, 0.0513)),
+                                 detection_mtcnn=result(0.17, interval=interval(0.16, 0.18)))}
+    frame = table(results, PAPER["lfw"], ROWS, with_std=True)
+    row = frame.set_index("method").loc["blur"]
+    assert (row["fid_low"], row["fid_high"], row["fid_paper_inside"]) == (89.9, 92.8, False)
+    assert row["detection_mtcnn_paper_inside"] and row["fid_bias"] == 2.5 and row["level"] == 0.95
+    markdown = to_markdown(frame, "Table 2")
+    assert "91.35 [89.90, 92.80] (85.03 out; +6.32)" in markdown
+    assert "4.57% [4.06, 5.13%] (7.00% out; -2.43 pp)" in markdown and "17.00% [16.00, 18.00%] (17.00% in;" in markdown
+    assert "Cells: ours [95 % interval]" in markdown and "bootstrap estimate here: +2.50 to +2.50" in markdown
+    assert "[89.90, 92.80]" in to_latex(frame, "Table 2")
+    hidden = to_latex(frame, "Table 2", intervals=False)
+    assert "[89.90" not in hidden and " out;" not in hidden and "91.35 (85.03; +6.32)" in hidden
+
+
 def test_profile_overlay_changes_only_existing_values():
     base = {"a": {"b": 1, "c": [1, 2]}, "d": "x"}
     overlay(base, {"a": {"c": [3]}, "d": "y"})
