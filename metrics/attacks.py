@@ -44,7 +44,7 @@ from infra.records import ANONYMISED
 from metrics import uncertainty
 from metrics.options import IntervalOptions, LeakOptions, NoOptions
 from metrics.registry import MetricInputs, lookup
-from metrics.reid import _anonymised, _calibrate, _distance, _fold_summary, _real, cross_validate
+from metrics.reid import _anonymised, _calibrate, _distance, _fold_summary, _per_pair, _real, cross_validate
 
 GALLERY = "gallery"  # pipelines.gallery.GALLERY (metrics never import the stages)
 RANKS = (1, 5)
@@ -107,7 +107,7 @@ def _verify_lfw(inputs: MetricInputs, model: str, name: str) -> dict:
     naive, _ = decisions(_distance(probes, lookup(keys, real, rows["first"])), same, folds, naive_thresholds,
                          inputs.interval)
     # Each same-person pair's outcome: re-identified (accepted) or not.
-    per_pair = pd.DataFrame({"pair_id": rows["pair_id"].to_numpy()[same], name: accepted[same]})
+    per_pair = _per_pair(rows[same], name, accepted[same])
     return {**parrot, "thresholds": thresholds, "naive": {**naive, "thresholds": naive_thresholds}, "n": len(rows),
             "skipped": skipped, "condition_rule": _rule(manifest), "per_pair": per_pair}
 
@@ -171,7 +171,7 @@ def _identify_celeba(inputs: MetricInputs, model: str, name: str) -> dict:
             **{f"real_{key}": value for key, value in _rates(ceiling).items()},
             "n": n, "n_gallery": len(rows), "n_identities": int(identity[sources].nunique()), "skipped": skipped,
             "condition_rule": _rule(manifest),
-            "per_pair": pd.DataFrame({"pair_id": rows["pair_id"].to_numpy()[counted], name: parrot <= 1})}
+            "per_pair": _per_pair(rows[counted], name, parrot <= 1)}
 
 
 def _rule(manifest: pd.DataFrame) -> str:
@@ -236,5 +236,4 @@ def condition_leak(inputs: MetricInputs, options: LeakOptions) -> dict:
             "same_distance": float(distance[has_mates, 0].mean()),
             "different_distance": float(distance[has_mates, 1].mean()),
             "threshold": threshold, "embedder": options.embedder, "n": int(has_mates.sum()), "skipped": skipped,
-            "per_pair": pd.DataFrame({"pair_id": rows["pair_id"].to_numpy()[has_mates],
-                                      "condition_leak": rate_same - rate_other})}
+            "per_pair": _per_pair(rows[has_mates], "condition_leak", rate_same - rate_other)}
