@@ -28,6 +28,8 @@ Normalisation = Literal["paper_code", "euclidean"]
 LfwReference = Literal["first", "source"]
 #: How images enter FaceNet: whole, as the authors fed them, or as aligned, standardised faces.
 Preprocessing = Literal["authors", "aligned"]
+#: A face embedding: dlib's ResNet descriptor (offline) or a FaceNet (weights fetched at run time).
+Embedder = Literal["dlib", "casia", "vggface2"]
 
 
 @dataclass(frozen=True)
@@ -78,9 +80,16 @@ class ReidOptions:
 
 
 @dataclass(frozen=True)
+class LeakOptions:
+    embedder: Embedder = "dlib"  # whose embedding links two anonymised photos (dlib runs offline)
+
+
+@dataclass(frozen=True)
 class Metric:
     module: str  # the module defining the function of the metric's name
     options: type  # its options class (params `metrics.<name>`)
+    # It reads the parrot's gallery, outputs/<dataset>/<method>/gallery/, which anonymise builds only for such metrics
+    gallery: bool = False
 
     def function(self, name: str) -> Callable[..., dict]:
         return getattr(importlib.import_module(self.module), name)
@@ -97,6 +106,10 @@ METRICS: dict[str, Metric] = {
     "verification_dlib": Metric("metrics.reid", NoOptions),
     "verification_facenet_casia": Metric("metrics.reid", NoOptions),
     "verification_facenet_vggface2": Metric("metrics.reid", NoOptions),
+    "verification_dlib_parrot": Metric("metrics.attacks", NoOptions, gallery=True),
+    "verification_facenet_casia_parrot": Metric("metrics.attacks", NoOptions, gallery=True),
+    "verification_facenet_vggface2_parrot": Metric("metrics.attacks", NoOptions, gallery=True),
+    "condition_leak": Metric("metrics.attacks", LeakOptions, gallery=True),
 }
 
 

@@ -53,9 +53,10 @@ def _real(model: str, pairs: PairSet, keys: list[str], inputs: MetricInputs):
     return _features(model, [pairs.crop_path(key) for key in keys], _landmarks(pairs, keys), inputs)
 
 
-def _anonymised(model: str, rows: pd.DataFrame, inputs: MetricInputs):
+def _anonymised(model: str, rows: pd.DataFrame, inputs: MetricInputs, photo: str = "source"):
+    """Features of the rows' anonymised images, aligned with the landmarks of the photo each one anonymised."""
     return _features(model, [inputs.image_path(pair_id) for pair_id in rows["pair_id"]],
-                     _landmarks(inputs.pairs, rows["source"]), inputs)
+                     _landmarks(inputs.pairs, rows[photo]), inputs)
 
 
 def _per_pair(rows: pd.DataFrame, name: str, values) -> pd.DataFrame:

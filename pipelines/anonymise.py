@@ -1,7 +1,8 @@
 """Stage `anonymise@<method>`: one method's anonymiser over the test pairs of every dataset.
 
 For each dataset it writes lossless crops `outputs/<dataset>/<method>/<pair_id>.png` with a
-`manifest.csv` (pair_id, source, condition, status). Pairs whose source photo was not prepared
+`manifest.csv` (pair_id, source, condition, status), and, when `evaluate.metrics` has a parrot
+metric, the parrot attacker's gallery in `gallery/` (pipelines.gallery). Pairs whose source photo was not prepared
 are listed with their status and get no image. A method whose weights could not be obtained
 (the authors' released files, offline) gets no images: every pair is "not available", and
 summary.json says why. The folder is replaced as a whole only when every batch succeeded: the old
@@ -17,6 +18,7 @@ section of its settings.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -31,7 +33,7 @@ from facedata.prepared import PreparedDataset
 from infra.atomic import finish_swap, swap_in, write_bytes
 from infra.errors import NotAvailableError
 from infra.records import ANONYMISED, TEST_PAIRS, AnonymiseSummary
-from pipelines import stage
+from pipelines import gallery, stage
 from pipelines.config import Params
 from pipelines.layout import Layout, require
 
@@ -57,6 +59,8 @@ def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> An
         status = np.full(len(manifest), "not available")
     else:
         status = anonymise_pairs(anonymiser, manifest, faces, staging, params.anonymise.batch_size, method, dataset)
+        if gallery.wanted(params):  # the parrot attacker's gallery (pipelines.gallery)
+            gallery.build(params, method, context, manifest, faces, staging / gallery.GALLERY)
     summary = AnonymiseSummary(dataset, method, pairs=len(manifest), anonymised=int((status == "ok").sum()),
                                skipped=int((status != "ok").sum()), seconds=round(time.perf_counter() - started, 2),
                                not_available=unavailable)
@@ -77,7 +81,10 @@ def anonymise_pairs(anonymiser: Anonymiser, manifest: pd.DataFrame, faces: Prepa
     runnable = manifest["source"].isin(faces.ok.index) & manifest["condition"].isin(faces.ok.index)
     todo = manifest[runnable]
     for start in tqdm(range(0, len(todo), batch_size), desc=f"{dataset}/{method}", unit="batch", disable=None):
-        batch = load_batch(todo.iloc[start : start + batch_size], faces, faces)
+        rows = todo.iloc[start : start + batch_size]
+        batch = load_batch(rows, faces, faces)
+        if "label" in rows:  # the parrot's gallery: the identity the method derives the condition from
+            batch = dataclasses.replace(batch, source_identity=list(rows["label"]))
         images = check_output(batch, anonymiser.anonymise(batch), method)
         for pair_id, image in zip(batch.pair_ids, images, strict=True):
             write_bytes(staging / f"{pair_id}.png", png_bytes(image))

@@ -85,6 +85,8 @@ class Variant(NamedTuple):
 @dataclass(frozen=True)
 class AnonymiseConfig:
     batch_size: Annotated[int, at_least(1)] = 32  # faces per anonymiser call
+    # The parrot's gallery (pipelines.gallery): anonymised with the probe's condition or another identity's
+    gallery_condition: Literal["same", "different"] = "different"
 
 
 @dataclass(frozen=True)

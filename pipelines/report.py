@@ -1,7 +1,8 @@
 """Stage `report`: Tables 1 (CelebA) and 2 (LFW) beside the paper's numbers, and the figures.
 
 Reads results/<dataset>/<method>.json (+ .pairs.csv), outputs/<dataset>/<method>/ and
-dvclive/<method>/; writes reports/table{1,2}.{md,csv,tex} and reports/figures/*.png.
+dvclive/<method>/; writes reports/table{1,2}.{md,csv,tex}, the attacks tables reports/attacks_{celeba,lfw}.{md,csv}
+(pipelines.attacks) and reports/figures/*.png.
 A metric that was not computed (e.g. pretrained weights missing) shows as "-"; a method that
 could not run (its released weights not available) as "not available", with the reason.
 
@@ -24,7 +25,7 @@ from facedata.prepared import PreparedDataset
 from infra.atomic import atomic_path, write_bytes, write_table
 from infra.errors import MissingInputError, ParamsError
 from infra.records import ANONYMISED, PAIR_RESULTS, Results
-from pipelines import stage
+from pipelines import attacks, stage
 from pipelines.config import Params
 from pipelines.layout import Layout
 from pipelines.tables import table, to_latex, to_markdown
@@ -264,6 +265,7 @@ def run(params: Params, layout: Layout) -> dict[str, pd.DataFrame]:
                     to_latex(frame, caption, params.report.latex_intervals).encode())
         tables[dataset] = frame
         print(to_markdown(frame, caption))
+    attacks.run(layout.reports, all_results)  # the naive and the parrot attacker: reports/attacks_*, not Tables 1-2
     figures = layout.reports / "figures"
     privacy_utility(all_results, paper, figures / "privacy_utility.png")
     detection(all_results, paper, figures / "detection.png")

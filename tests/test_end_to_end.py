@@ -180,9 +180,25 @@ def test_released_methods_are_rows_with_numbers_or_not_available_with_the_reason
 def test_figures_are_written(small_run):
     workdir, _ = small_run
     for name in ("privacy_utility", "detection", "pose_error", "training_curves", "qualitative_celeba",
-                 "qualitative_lfw"):
+                 "qualitative_lfw", "attacks"):
         with Image.open(workdir.reports / "figures" / f"{name}.png") as figure:
             assert figure.format == "PNG" and min(figure.size) > 100, name
+
+
+def test_the_attacks_tables_put_the_dlib_parrot_beside_the_naive_attacker(small_run):
+    """Offline, the dlib parrot metrics have a row per trained method (a third-party folder has no gallery)."""
+    workdir, _ = small_run
+    attacks = {dataset: pd.read_csv(workdir.reports / f"attacks_{dataset}.csv").set_index("method")
+               for dataset in ("celeba", "lfw")}
+    for dataset, frame in attacks.items():
+        assert sorted(frame.index) == sorted(TRAINED) and (frame["embedder"] == "dlib").all(), dataset
+        manifest = ANONYMISED.read(workdir.outputs(dataset, "ciagan") / "gallery" / "manifest.csv")
+        assert (manifest["status"] == "ok").all() and (manifest["condition_rule"] == "different").all()
+    lfw = attacks["lfw"]
+    # Blurring hides a face from real photos, not from blurred ones (measured on the mini: 78 % vs 2 %).
+    assert lfw.loc["blur", "parrot_acceptance"] > lfw.loc["blur", "naive_acceptance"]
+    assert lfw.loc["original", "parrot_acceptance"] >= lfw.loc["blur", "parrot_acceptance"]
+    assert attacks["celeba"]["leak"].notna().all()  # every trained method's condition leak was measured
 
 
 def test_a_third_party_folder_becomes_an_extra_row(small_run):

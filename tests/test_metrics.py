@@ -40,9 +40,10 @@ from pipelines.layout import Layout
 from runtime.torchvision_compat import ensure_torchvision
 from tests.helpers import params_mapping, register_file, write_prepared, write_source
 
-REQUIRED = ["detection_dlib", "detection_mtcnn", "fid", "kid", "pose_error", "reid_facenet_casia",
-            "reid_facenet_vggface2", "verification_dlib", "verification_facenet_casia",
-            "verification_facenet_vggface2"]
+REQUIRED = ["condition_leak", "detection_dlib", "detection_mtcnn", "fid", "kid", "pose_error", "reid_facenet_casia",
+            "reid_facenet_vggface2", "verification_dlib", "verification_dlib_parrot", "verification_facenet_casia",
+            "verification_facenet_casia_parrot", "verification_facenet_vggface2",
+            "verification_facenet_vggface2_parrot"]
 
 
 # --- synthetic data ---------------------------------------------------------------------------

@@ -71,7 +71,8 @@ def test_removal_refuses_anything_outside_the_layouts_folders(tmp_path):
 
 
 def outputs_of(layout: Layout, dataset: str, method: str) -> dict[str, bytes]:
-    return {path.name: path.read_bytes() for path in sorted(layout.outputs(dataset, method).iterdir())}
+    out = layout.outputs(dataset, method)  # with the parrot's gallery/ (pipelines.gallery) inside it
+    return {str(path.relative_to(out)): path.read_bytes() for path in sorted(out.rglob("*")) if path.is_file()}
 
 
 def test_a_kill_between_the_two_renames_leaves_the_old_folder_whole(tmp_path):
