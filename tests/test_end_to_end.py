@@ -129,6 +129,15 @@ def test_every_value_has_its_interval_and_the_tables_say_where_the_paper_lies(sm
     assert {"detection_dlib", "detection_mtcnn", "pose_error", "verification_dlib"} <= set(per_pair.columns)
 
 
+def compare(workdir, *args: str) -> str:
+    """`python -m pipelines.compare ARGS` in the run's repository: its output, printed for the log."""
+    compared = subprocess.run([sys.executable, "-m", "pipelines.compare", *args], cwd=workdir.root,
+                              capture_output=True, text=True)
+    assert compared.returncode == 0, compared.stderr
+    print(compared.stdout)
+    return compared.stdout
+
+
 def test_two_dvc_experiments_are_compared_through_the_command(small_run):
     """Two `dvc exp run`s of the blur kernel, compared by pipelines.compare from the experiments' refs."""
     workdir, _ = small_run
@@ -139,11 +148,10 @@ def test_two_dvc_experiments_are_compared_through_the_command(small_run):
             log = dvc(workdir, "exp", "run", "-n", name, "-S", f"anonymisers.blur.kernel_size={kernel}",
                       "evaluate@blur")
             assert "Running stage 'evaluate@blur'" in log and "Running stage 'evaluate@pixelate'" not in log
-        compared = subprocess.run([sys.executable, "-m", "pipelines.compare", "blur-k51", "blur-k75", "--method",
-                                   "blur", "--dataset", "lfw"], cwd=workdir.root, capture_output=True, text=True)
-        assert compared.returncode == 0, compared.stderr
-        text = compared.stdout
-        print(text)
+        text = compare(workdir, "blur-k51", "blur-k75", "--method", "blur", "--dataset", "lfw")
+        # README's example: the committed run (kernel 101) against an experiment, both datasets.
+        readme = compare(workdir, "HEAD", "blur-k51", "--method", "blur")
+        assert "**celeba: A = HEAD:blur, B = blur-k51:blur**" in readme and "**lfw: A = HEAD:blur" in readme
         assert "**lfw: A = blur-k51:blur, B = blur-k75:blur**" in text
         rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.strip("|").split("|")]
                 for line in text.splitlines() if line.startswith("| ") and "---" not in line}
@@ -217,12 +225,19 @@ def test_a_third_party_folder_becomes_an_extra_row(small_run):
                                        "root": "third_party/mirror", "depends": "third_party/mirror",
                                        "params": "anonymisers.folder"}
 
+    # The other tests of this module, in any order, read the run without the extra method: put it back after.
+    saved = {path: path.read_bytes() for path in (workdir.params_file, workdir.root / "dvc.lock")}
     set_params(workdir, add_method)
-    log = dvc(workdir, "repro")
-    assert "Running stage 'anonymise@mirror'" in log and "Running stage 'evaluate@mirror'" in log
-    assert "Running stage 'anonymise@blur'" not in log and "Running stage 'train@" not in log
-    for dataset, frame in tables(workdir).items():
-        assert frame.index[-1] == "mirror", dataset
-        assert frame.loc["mirror", "n"] == frame.loc["original", "n"]
-        # A mirrored face is still a face, unlike a blurred one.
-        assert frame.loc["mirror", "detection_dlib"] > frame.loc["blur", "detection_dlib"], dataset
+    try:
+        log = dvc(workdir, "repro")
+        assert "Running stage 'anonymise@mirror'" in log and "Running stage 'evaluate@mirror'" in log
+        assert "Running stage 'anonymise@blur'" not in log and "Running stage 'train@" not in log
+        for dataset, frame in tables(workdir).items():
+            assert frame.index[-1] == "mirror", dataset
+            assert frame.loc["mirror", "n"] == frame.loc["original", "n"]
+            # A mirrored face is still a face, unlike a blurred one.
+            assert frame.loc["mirror", "detection_dlib"] > frame.loc["blur", "detection_dlib"], dataset
+    finally:
+        for path, content in saved.items():
+            path.write_bytes(content)
+        dvc(workdir, "checkout", "--force")
