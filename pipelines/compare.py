@@ -150,13 +150,18 @@ def feature_row(metric: str, a: Side, b: Side, options: IntervalOptions) -> Row:
 
 
 def compare(a: Side, b: Side, options: IntervalOptions) -> list[Row]:
-    """A row per metric both sides computed, in the order of A's results."""
+    """A row per metric both sides computed a value of, in the order of A's results."""
     rows = []
-    for metric, result in a.results.metrics.items():
-        if not isinstance(result, MetricResult) or not isinstance(b.results.metrics.get(metric), MetricResult):
+    for metric in a.results.metrics:
+        if not (_has_value(a.results, metric) and _has_value(b.results, metric)):  # not computed on one side
             continue
         rows.append((feature_row if metric in ("fid", "kid") else per_pair_row)(metric, a, b, options))
     return rows
+
+
+def _has_value(results: Results, metric: str) -> bool:
+    result = results.metrics.get(metric)
+    return isinstance(result, MetricResult) and result.value is not None
 
 
 def _number(metric: str, value: float, signed: bool = False) -> str:
