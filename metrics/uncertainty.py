@@ -76,6 +76,22 @@ def mean(values: np.ndarray, options: IntervalOptions) -> dict | None:
     return interval(*result.confidence_interval, options, BCA_MEAN)
 
 
+def _over_both_sets(statistic: Callable[[np.ndarray, np.ndarray], float], sizes: tuple[int, int],
+                    options: IntervalOptions, label: str):
+    """scipy's basic bootstrap of `statistic` over two sets' row indices, each resampled; progress on long work."""
+    bar = tqdm(total=options.feature_resamples + 1, desc=label, unit="resample", leave=False,
+               disable=max(sizes) < LONG)
+
+    def counted(first: np.ndarray, second: np.ndarray) -> float:
+        bar.update()
+        return statistic(first, second)
+
+    with bar:
+        return stats.bootstrap((np.arange(sizes[0]), np.arange(sizes[1])), counted, vectorized=False,
+                               n_resamples=options.feature_resamples, confidence_level=options.level,
+                               method="basic", rng=np.random.default_rng(options.seed))
+
+
 def two_sets(statistic: Callable[[np.ndarray, np.ndarray], float], sizes: tuple[int, int], estimate: float,
              options: IntervalOptions, what: str) -> dict:
     """Basic bootstrap interval of `statistic(real_rows, anonymised_rows)`, both sets resampled, plus its bias.
@@ -83,17 +99,7 @@ def two_sets(statistic: Callable[[np.ndarray, np.ndarray], float], sizes: tuple[
     `statistic` receives row indices into the two feature sets (of `sizes`); `estimate` is its value on
     all rows. A progress bar counts the resamples (each may take seconds on thousands of images).
     """
-    bar = tqdm(total=options.feature_resamples + 1, desc=f"{what} interval", unit="resample", leave=False,
-               disable=max(sizes) < LONG)
-
-    def counted(real: np.ndarray, anonymised: np.ndarray) -> float:
-        bar.update()
-        return statistic(real, anonymised)
-
-    with bar:
-        result = stats.bootstrap((np.arange(sizes[0]), np.arange(sizes[1])), counted, vectorized=False,
-                                 n_resamples=options.feature_resamples, confidence_level=options.level,
-                                 method="basic", rng=np.random.default_rng(options.seed))
+    result = _over_both_sets(statistic, sizes, options, f"{what} interval")
     bias = float(np.mean(result.bootstrap_distribution) - estimate)
     return {**interval(*result.confidence_interval, options, BASIC_SETS), "bootstrap_bias": bias,
             "resamples": options.feature_resamples}
@@ -154,17 +160,7 @@ def paired_sets(statistic: Callable[[np.ndarray, np.ndarray], float], sizes: tup
 
     The pair rows index both methods' features (the same pairs), the real rows the common real set.
     """
-    bar = tqdm(total=options.feature_resamples + 1, desc=f"{what} difference", unit="resample", leave=False,
-               disable=max(sizes) < LONG)
-
-    def counted(real: np.ndarray, pairs: np.ndarray) -> float:
-        bar.update()
-        return statistic(real, pairs)
-
-    with bar:
-        result = stats.bootstrap((np.arange(sizes[0]), np.arange(sizes[1])), counted, vectorized=False,
-                                 n_resamples=options.feature_resamples, confidence_level=options.level,
-                                 method="basic", rng=np.random.default_rng(options.seed))
+    result = _over_both_sets(statistic, sizes, options, f"{what} difference")
     # A p counted from 100 resamples could never fall below 2 / 101, which Holm's correction over a few
     # metrics lifts above 0.05 whatever the difference: p comes from the normal approximation of the
     # resamples instead, centred like the basic interval on the bias-corrected difference 2 d - mean.
