@@ -37,7 +37,7 @@ SHARED_LAYOUT = REPO.parent / "shared" / "reference" / "released-checkpoints" / 
 REQUIREMENTS = ("facenet-pytorch==2.5.3", "pytorch-fid==0.3.0", "ruamel.yaml==0.19.1")
 #: The packages of the device image (KINDS.md's list) that the run imports: with the wheels, all it has.
 DEVICE_IMAGE_PACKAGES = ("torch", "torchvision", "numpy", "pandas", "scipy", "scikit-learn", "opencv-python-headless",
-                         "pillow", "pyarrow", "pyyaml", "requests", "tqdm", "pytest", "pytest-benchmark")
+                         "pillow", "pyarrow", "pyyaml", "requests", "statsmodels", "tqdm", "pytest", "pytest-benchmark")
 #: The device image's Python (KINDS.md): pip matches wheels for it, not for the Python here.
 DEVICE_PYTHON = "3.12"
 FACE_COUNT = 64
