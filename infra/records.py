@@ -234,6 +234,7 @@ class TestSet:
     pairs: int
     n_skipped: int
     skipped: dict[str, int] = field(default_factory=dict)
+    unit: str = "pair"  # LFW's evaluate.lfw_unit: what the image metrics counted (pair | second_photo)
 
 
 @dataclass(frozen=True)

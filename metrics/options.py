@@ -90,17 +90,20 @@ class Metric:
     options: type  # its options class (params `metrics.<name>`)
     # It reads the parrot's gallery, outputs/<dataset>/<method>/gallery/, which anonymise builds only for such metrics
     gallery: bool = False
+    # What the authors counted it over on LFW: "image", the files of their output folder (one per distinct second
+    # photo, evaluate.lfw_unit: second_photo), or "pair", pairs.txt's pairs (re-identification, l.56-152)
+    unit: Literal["image", "pair"] = "pair"
 
     def function(self, name: str) -> Callable[..., dict]:
         return getattr(importlib.import_module(self.module), name)
 
 
 METRICS: dict[str, Metric] = {
-    "fid": Metric("metrics.fid", FidOptions),
-    "kid": Metric("metrics.fid", KidOptions),
-    "pose_error": Metric("metrics.pose", PoseOptions),
-    "detection_dlib": Metric("metrics.pose", NoOptions),
-    "detection_mtcnn": Metric("metrics.pose", MtcnnOptions),
+    "fid": Metric("metrics.fid", FidOptions, unit="image"),
+    "kid": Metric("metrics.fid", KidOptions, unit="image"),
+    "pose_error": Metric("metrics.pose", PoseOptions, unit="image"),
+    "detection_dlib": Metric("metrics.pose", NoOptions, unit="image"),
+    "detection_mtcnn": Metric("metrics.pose", MtcnnOptions, unit="image"),
     "reid_facenet_casia": Metric("metrics.reid", ReidOptions),
     "reid_facenet_vggface2": Metric("metrics.reid", ReidOptions),
     "verification_dlib": Metric("metrics.reid", NoOptions),

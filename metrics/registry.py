@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,7 @@ class MetricInputs:
     batch_size: int = 32
     workers: int = 0  # processes for the CPU-bound dlib work; 0 = all cores
     interval: IntervalOptions = IntervalOptions()  # how each metric states its uncertainty (metrics.uncertainty)
+    shown: Mapping[int, int] | None = None  # pair id -> the pair id whose image stands for it; None: its own
     _selection: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -100,7 +102,24 @@ class MetricInputs:
         return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     def image_path(self, pair_id: int) -> Path:
-        return Path(self.images) / f"{int(pair_id)}.png"
+        shown = pair_id if self.shown is None else self.shown[int(pair_id)]
+        return Path(self.images) / f"{int(shown)}.png"
+
+    def one_image_per_source(self) -> tuple[MetricInputs, MetricInputs]:
+        """(per image, per pair) inputs as the authors' LFW folder held the images: one per distinct source photo.
+
+        Their test code names each output after the pair's second photo only (evaluation/evaluate.py l.82, 107),
+        so a later pair naming the same photo overwrites an earlier one: the image of the last pair in file
+        order is the one left. Metrics over the folder's files see those pairs only; metrics over pairs see
+        every pair, with the image its source photo's file holds.
+        """
+        manifest = self.pairs.manifest
+        last = manifest.drop_duplicates("source", keep="last")
+        survivor = dict(zip(last["source"], last["pair_id"], strict=True))
+        shown = {int(pair): int(survivor[source]) for pair, source in zip(manifest["pair_id"], manifest["source"],
+                                                                           strict=True)}
+        return (replace(self, pairs=replace(self.pairs, manifest=last), _selection={}),
+                replace(self, shown=shown, _selection={}))
 
     def evaluable(self, *also_prepared: str) -> tuple[pd.DataFrame, Counter]:
         """Rows with an anonymised image and prepared photos in `source` and `also_prepared` columns.

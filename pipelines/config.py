@@ -95,6 +95,9 @@ class EvaluateConfig:
     batch_size: Annotated[int, at_least(1)] = 32
     cache: str = ".cache/metrics"  # real-set features and embeddings, keyed by content, shared by every method
     interval: options.IntervalOptions = field(default_factory=options.IntervalOptions)  # every value's uncertainty
+    # LFW: pair (each of pairs.txt's pairs, one anonymised image each) | second_photo (the authors' folder: one image
+    # per distinct second photo, that of the last pair naming it; pair metrics read it for every pair naming it)
+    lfw_unit: Literal["pair", "second_photo"] = "pair"
 
 
 @dataclass(frozen=True)

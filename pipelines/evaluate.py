@@ -10,7 +10,9 @@ pretrained weights are missing or fail their checksum is recorded as {"error": <
 and what to do>} instead of stopping the stage; the report shows it as not computed. A method
 the anonymise stage marked not available gets {"not_available": {"reason": ...}} and no
 metric. Real-set statistics and embeddings are cached under evaluate.cache, so each is computed
-once per dataset, not once per method.
+once per dataset, not once per method. On LFW, `evaluate.lfw_unit: second_photo` counts the image
+metrics over one image per distinct second photo, as the authors' folder held them
+(MetricInputs.one_image_per_source).
 
     python -m pipelines.evaluate <method>
 """
@@ -40,6 +42,7 @@ from infra.records import (
 )
 from metrics import registry
 from metrics.fid import FEATURES, FeatureSets
+from metrics.options import metric
 from metrics.weights import WeightsUnavailableError
 from pipelines import stage
 from pipelines.config import Params
@@ -94,11 +97,14 @@ def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> Re
         batch_size=settings.batch_size,
         interval=settings.interval,
     )
+    unit = settings.lfw_unit if dataset == "lfw" else "pair"
+    by_unit = dict(zip(("image", "pair"), inputs.one_image_per_source() if unit == "second_photo" else (inputs,) * 2,
+                       strict=True))
     results, per_pair = {}, pd.DataFrame({"pair_id": pairs.manifest["pair_id"]})
     features = NO_FEATURES
     for name in settings.metrics:
         try:
-            results[name] = registry.calc(name, inputs, params.metrics[name])
+            results[name] = registry.calc(name, by_unit[metric(name).unit], params.metrics[name])
         except (WeightsUnavailableError, ChecksumError) as error:  # the only files this stage fetches are weights
             results[name] = MetricError(name, str(error))
             print(f"{dataset}/{method}: {name} not computed: {error}")
@@ -112,16 +118,17 @@ def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> Re
         shown = f"{value:.6g}" if isinstance(value, float) else value  # 0.06, not 0.06000000000000001
         print(f"{dataset}/{method}: {name} = {shown} (n={result.get('n')}, skipped {result['n_skipped']}, "
               f"{result['seconds']} s)")
-    record = Results(pairs_counted(len(pairs.manifest), inputs.evaluable()[1]), results)
+    record = Results(pairs_counted(len(pairs.manifest), by_unit["pair"].evaluable()[1], unit), results)
     PAIR_RESULTS.write(layout.pair_results(dataset, method), per_pair)
     features.write(layout.features(dataset, method))
     record.write(layout.results(dataset, method))
     return record
 
 
-def pairs_counted(pairs: int, skipped: Counter) -> TestSet:
+def pairs_counted(pairs: int, skipped: Counter, unit: str = "pair") -> TestSet:
     """The test set's pairs, and those no metric could use (source photo not prepared, no anonymised image)."""
-    return TestSet(pairs, sum(skipped.values()), {reason: int(count) for reason, count in sorted(skipped.items())})
+    return TestSet(pairs, sum(skipped.values()), {reason: int(count) for reason, count in sorted(skipped.items())},
+                   unit)
 
 
 def run(params: Params, layout: Layout, method: str) -> dict[str, Results]:

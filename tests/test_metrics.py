@@ -454,3 +454,39 @@ def test_fan_without_its_weights_offline_is_not_available(hub, synthetic, tmp_pa
     inputs = registry.MetricInputs(synthetic, images=anonymised_folder(tmp_path / "a", synthetic), cache=tmp_path)
     with pytest.raises(weights.WeightsUnavailableError, match="s3fd-619a316812.pth"):
         registry.calc("pose_error", inputs, registry.options("pose_error", detector="fan"))
+
+
+# --- the authors' LFW unit: one image per distinct second photo -------------------------------
+
+@pytest.fixture(scope="module")
+def shared_sources(synthetic) -> registry.PairSet:
+    """The synthetic LFW pairs with two later pairs naming earlier pairs' second photos (as pairs.txt does)."""
+    manifest = synthetic.manifest.copy()
+    manifest.loc[3, "source"] = manifest.loc[1, "source"]  # P1/P1_0003.jpg: pairs 1 and 3
+    manifest.loc[7, "source"] = manifest.loc[0, "source"]  # P0/P0_0002.jpg: pairs 0 and 7
+    return registry.PairSet(manifest, synthetic.prepared, photos=synthetic.photos)
+
+
+def test_one_image_per_source_keeps_the_last_pair_naming_each_and_shows_its_image_to_every_pair(shared_sources,
+                                                                                               tmp_path):
+    inputs = registry.MetricInputs(shared_sources, images=tmp_path)
+    per_image, per_pair = inputs.one_image_per_source()
+    assert list(per_image.pairs.manifest["pair_id"]) == [2, 3, 4, 5, 6, 7]  # pairs 0 and 1 were overwritten
+    assert per_image.image_path(0) == tmp_path / "0.png" and per_image.pairs.manifest["source"].is_unique
+    assert [per_pair.image_path(p).name for p in range(8)] == ["7.png", "3.png", *(f"{p}.png" for p in range(2, 8))]
+    assert per_pair.pairs.manifest.equals(shared_sources.manifest) and inputs.image_path(0) == tmp_path / "0.png"
+
+
+def test_the_stage_counts_image_metrics_per_second_photo_and_pair_metrics_per_pair(shared_sources, tmp_path):
+    layout = evaluation_layout(tmp_path, shared_sources)
+    mapping = params_mapping()
+    mapping["evaluate"].update(metrics=["detection_dlib", "verification_dlib"], cache=str(tmp_path / "cache"),
+                               lfw_unit="second_photo")
+    results = evaluate.run_dataset(from_mapping(mapping), layout, "blur", "lfw")
+    assert results.test_set == TestSet(8, 0, {}, "second_photo")
+    assert results.metrics["detection_dlib"].n == 6  # the folder's files: one per distinct second photo
+    assert results.metrics["verification_dlib"].n == 4  # every same-person pair, as in the per-pair unit
+    per_pair = pd.read_csv(layout.pair_results("lfw", "blur")).set_index("pair_id")
+    assert per_pair.loc[[0, 1], "detection_dlib"].isna().all() and per_pair["detection_dlib"].notna().sum() == 6
+    mapping["evaluate"]["lfw_unit"] = "pair"
+    assert evaluate.run_dataset(from_mapping(mapping), layout, "blur", "lfw").metrics["detection_dlib"].n == 8
