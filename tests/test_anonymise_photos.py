@@ -148,3 +148,26 @@ def test_a_photo_with_a_face_that_cannot_be_framed_is_not_written(lfw_root, tmp_
     report = run(tmp_path / "in", tmp_path / "out", "--method", "blur")
     assert report.loc[name, ["faces_found", "anonymised", "failed", "status"]].tolist() == [1, 0, 1, "failed"]
     assert "0.00 px apart" in report.loc[name, "reason"] and not (tmp_path / "out" / name).exists()
+
+
+@pytest.mark.realdata
+def test_ciagan_anonymises_every_face_of_a_photo(celeba_wild_root, tmp_path):
+    """A tiny random CIAGAN anonymises both faces of a two-face photo (its identity rule numbers every face)."""
+    from baselines.ciagan.config import CiaganModelConfig, CiaganTrainConfig
+    from baselines.ciagan.training import CiaganTrainer
+
+    (tmp_path / "in").mkdir()
+    name = "184568.jpg"  # two faces, 650x979
+    shutil.copy(celeba_wild_root / "img_celeba" / name, tmp_path / "in" / name)
+    layout = Layout(tmp_path / "repo")
+    layout.root.mkdir()
+    shutil.copy(PARAMS, layout.params_file)
+    tiny = CiaganModelConfig(identities=3, image_size=32, generator_width=8, identity_width=16, discriminator_width=8)
+    CiaganTrainer(tiny, CiaganTrainConfig(batch_size=2), checkpoint=layout.checkpoint("ciagan"),
+                  identities=["a", "b", "c"]).save()
+    anonymise_photos.main([str(tmp_path / "in"), str(tmp_path / "out"), "--method", "ciagan", "--device", "cpu",
+                           "--params", str(layout.params_file)])
+    report = pd.read_csv(tmp_path / "out" / anonymise_photos.REPORT).set_index("path")
+    assert report.loc[name, ["faces_found", "anonymised", "status"]].tolist() == [2, 2, "ok"]
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "out" / name)),
+                              np.asarray(Image.open(tmp_path / "in" / name)))
