@@ -24,6 +24,8 @@ from infra.weight_files import released_file
 class AnonyGAN(Anonymiser):
     """A trained AnonyGAN checkpoint; `anonymisers.anonygan` sets the inference conventions."""
 
+    needs_condition_faces = True
+
     def __init__(self, model: AnonyGANInference):
         self.model = model
 

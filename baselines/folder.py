@@ -25,6 +25,8 @@ _LISTED = 5
 class FolderAnonymiser(Anonymiser):
     """Reads `<directory>/<pair_id>.png` for each face of a batch."""
 
+    reads_stored_images = True
+
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
         if not self.directory.is_dir():

@@ -26,7 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -94,6 +94,11 @@ class Anonymiser(ABC):
 
     Its settings class and the authors' release it loads are in its `baselines.catalogue` entry.
     """
+
+    #: It draws each face's appearance from FaceBatch.condition (AnonyGAN); others ignore the condition faces.
+    needs_condition_faces: ClassVar[bool] = False
+    #: It only returns images another program wrote for the benchmark's pairs, so it cannot anonymise new faces.
+    reads_stored_images: ClassVar[bool] = False
 
     @classmethod
     def from_config(cls, settings: Any, context: RunContext) -> Anonymiser:

@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 import numpy as np
 
 from facedata.framing import CropTransform, extract_crop, face_mask, frame_for
-from facedata.images import ImageError, decode
+from facedata.images import DecodedImage, ImageError, decode
 from facedata.landmarks import LandmarkDetector
 from infra.settings import at_least, between
 
@@ -76,8 +76,8 @@ class NoFaceError(ImageError):
         super().__init__("no_face", detail)
 
 
-def prepare_face(path: Path, config: PrepareConfig, detector: LandmarkDetector) -> PreparedFace:
-    """Prepare the main face of one photo. Raises ImageError (status + detail) on any failure."""
+def decode_for_detection(path: Path, config: PrepareConfig, detector: LandmarkDetector) -> DecodedImage:
+    """The photo decoded at most `detect_max_side` large; ImageError `too_small` where no face could be found."""
     small = decode(path, config.detect_max_side, config.max_pixels)
     height, width = small.pixels.shape[:2]
     if min(height, width) < detector.smallest_face:
@@ -85,10 +85,21 @@ def prepare_face(path: Path, config: PrepareConfig, detector: LandmarkDetector) 
         raise ImageError("too_small", f"{original} photo, searched at {width}x{height}: a side is below "
                                       f"{detector.smallest_face} px, the smallest face dlib finds at "
                                       f"prepare.detect_upsample = {detector.upsample}")
+    return small
+
+
+def no_face(small: DecodedImage, detector: LandmarkDetector) -> NoFaceError:
+    """The error of a photo in which the detectors found no face."""
+    searched = "dlib HOG" + (" and CNN" if detector.fallback else "")
+    return NoFaceError(f"{searched} found no face (searched at {small.pixels.shape[1]}x{small.pixels.shape[0]})")
+
+
+def prepare_face(path: Path, config: PrepareConfig, detector: LandmarkDetector) -> PreparedFace:
+    """Prepare the main face of one photo. Raises ImageError (status + detail) on any failure."""
+    small = decode_for_detection(path, config, detector)
     face, n_faces = detector.main_face(small.pixels)
     if face is None:
-        searched = "dlib HOG" + (" and CNN" if detector.fallback else "")
-        raise NoFaceError(f"{searched} found no face (searched at {small.pixels.shape[1]}x{small.pixels.shape[0]})")
+        raise no_face(small, detector)
     box = face.box / small.scale
     landmarks_image = (face.landmarks + 0.5) / small.scale - 0.5
     transform = _frame(landmarks_image, config)

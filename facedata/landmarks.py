@@ -137,11 +137,16 @@ class LandmarkDetector:
         rects = [d.rect for d in found]
         return np.array([[r.left(), r.top(), r.right(), r.bottom()] for r in rects], dtype=np.float64).reshape(-1, 4)
 
+    def find(self, rgb: np.ndarray) -> tuple[np.ndarray, str]:
+        """Every face box (n, 4) HOG finds, or the fallback's where HOG finds none; and which detector found them."""
+        boxes = self.detect(rgb)
+        if len(boxes) == 0 and self.fallback == "cnn":
+            return self.detect_cnn(rgb), "cnn"
+        return boxes, "hog"
+
     def main_face(self, rgb: np.ndarray) -> tuple[Face | None, int]:
         """The selected face (see `select_face`) and the number of faces found."""
-        boxes, detector = self.detect(rgb), "hog"
-        if len(boxes) == 0 and self.fallback == "cnn":
-            boxes, detector = self.detect_cnn(rgb), "cnn"
+        boxes, detector = self.find(rgb)
         if len(boxes) == 0:
             return None, 0
         box = boxes[select_face(boxes, rgb.shape[1], rgb.shape[0])]
