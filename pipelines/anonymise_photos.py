@@ -4,7 +4,7 @@
 
 Each photo below IN_DIR (.jpg .jpeg .png .bmp .tif .tiff .webp, any depth) is searched for
 faces as `prepare` searches (dlib HOG with its CNN fallback, on a copy at most
-`prepare.detect_max_side` large); every face found is framed in the canonical 220x180 frame at
+`prepare.detect_max_side` large, in `prepare.workers` processes); every face found is framed in the canonical 220x180 frame at
 the photo's full resolution, anonymised, and pasted back through its transform with the face mask
 (`facedata.pasteback`). The photo is written, upright and without its metadata, under the same
 relative path in OUT_DIR, in its own format; OUT_DIR/faces.csv has one row per photo: path,
@@ -25,10 +25,13 @@ Nothing is ever written into IN_DIR, and an existing output is kept unless `--ov
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from collections.abc import Callable
+from contextlib import closing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -45,6 +48,7 @@ from facedata.pasteback import FEATHER, paste_back
 from facedata.photo_faces import FramedFace, find_boxes, frame_faces
 from infra.atomic import atomic_path, write_table
 from infra.errors import MissingInputError, ParamsError, SuiteError
+from infra.pool import imap_unordered
 from pipelines import config, stage
 from pipelines.config import Params
 from pipelines.layout import Layout
@@ -83,19 +87,17 @@ def anonymise_folder(in_dir: Path, out_dir: Path, params: Params, layout: Layout
     method_class = _method_class(params, options)
     detector = LandmarkDetector(params.prepare.detect_upsample, params.prepare.fallback_detector).load()
     conditions = _conditions(options.conditions, params.prepare, detector) if method_class.needs_condition_faces else []
-    rows, boxes = [], {}
-    for relpath in tqdm(photos(in_dir), desc="photos: finding faces", unit="photo", disable=None):
-        row = PhotoRow(relpath)
-        rows.append(row)
-        if (out_dir / relpath).exists() and not options.overwrite:
-            row.status, row.reason = "exists", f"{out_dir / relpath} exists: pass --overwrite to replace it"
-            continue
-        try:
-            boxes[relpath] = find_boxes(in_dir / relpath, params.prepare, detector)
-        except ImageError as error:
-            row.status, row.reason = error.status, error.detail
-            continue
-        row.faces_found = len(boxes[relpath])
+    rows, boxes = [PhotoRow(relpath) for relpath in photos(in_dir)], {}
+    for row in rows:
+        if (out_dir / row.path).exists() and not options.overwrite:
+            row.status, row.reason = "exists", f"{out_dir / row.path} exists: pass --overwrite to replace it"
+    wanted = [row for row in rows if row.status == "ok"]
+    found = in_workers(_boxes, [in_dir / row.path for row in wanted], params.prepare, detector, "photos: finding faces")
+    for row, result in zip(wanted, found, strict=True):
+        if isinstance(result, tuple):
+            row.status, row.reason = result
+        else:
+            boxes[row.path], row.faces_found = result, len(result)
     if boxes:  # the identity order (CIAGAN's target rule) needs every face of the run: found first
         labels = [face_label(relpath, face) for relpath, found in boxes.items() for face in range(len(found))]
         run = _PhotoRun(in_dir, out_dir, params.prepare, detector, _anonymiser(params, layout, options, labels),
@@ -157,15 +159,61 @@ def _conditions(folder: Path, prepare: PrepareConfig, detector: LandmarkDetector
     """The main face of every photo in `folder`, as `prepare` frames it."""
     if not folder.is_dir():
         raise MissingInputError(f"--conditions {folder} is not a folder of photos")
-    faces = []
-    for relpath in photos(folder):
-        try:
-            faces.append(prepare_face(folder / relpath, prepare, detector))
-        except ImageError as error:
-            print(f"conditions: {relpath} skipped ({error})")
+    relpaths, faces = photos(folder), []
+    for relpath, result in zip(relpaths, in_workers(_main_face, [folder / relpath for relpath in relpaths], prepare,
+                                                    detector, "conditions: finding faces"), strict=True):
+        if isinstance(result, tuple):
+            print(f"conditions: {relpath} skipped ({result[0]}: {result[1]})")
+        else:
+            faces.append(result)
     if not faces:
         raise MissingInputError(f"--conditions {folder}: no face found in any of its photos")
     return faces
+
+
+# --- finding faces, in worker processes ----------------------------------------------------------------------------
+
+#: A worker's prepare settings and detector: loaded by the parent before the workers fork, shared by them.
+_worker: tuple[PrepareConfig, LandmarkDetector] | None = None
+
+
+def _start_worker(prepare: PrepareConfig, detector: LandmarkDetector) -> None:
+    global _worker
+    _worker = (prepare, detector)
+
+
+def _boxes(path: Path) -> np.ndarray | tuple[str, str]:
+    """Every face box of the photo, or (status, detail) where it has none to give."""
+    try:
+        return find_boxes(path, *_worker)
+    except ImageError as error:
+        return error.status, error.detail
+
+
+def _main_face(path: Path) -> PreparedFace | tuple[str, str]:
+    """The photo's main face as `prepare` frames it, or (status, detail)."""
+    try:
+        return prepare_face(path, *_worker)
+    except ImageError as error:
+        return error.status, error.detail
+
+
+def in_workers(function: Callable[[Path], Any], paths: list[Path], prepare: PrepareConfig,
+               detector: LandmarkDetector, label: str) -> list:
+    """`[function(path) for path in paths]` in `prepare.workers` worker processes, with a progress bar.
+
+    The detection may fall back to dlib's CNN, which must never run in this process: workers forked
+    from a process that ran it hang in their first CNN call (infra/pool.py), and this process forks
+    again for the next folder, the metrics or the test that runs next.
+    """
+    results: list = [None] * len(paths)
+    found = imap_unordered(function, paths, prepare.workers or os.cpu_count() or 1, initializer=_start_worker,
+                           initargs=(prepare, detector), describe=str)
+    with closing(found), tqdm(total=len(paths), desc=label, unit="photo", disable=None) as bar:
+        for position, result in found:
+            results[position] = result
+            bar.update()
+    return results
 
 
 def _anonymiser(params: Params, layout: Layout, options: PhotoOptions, labels: list[str]) -> Anonymiser:

@@ -15,9 +15,10 @@ from facedata.crops import PrepareConfig
 from facedata.images import decode
 from facedata.landmarks import LandmarkDetector
 from facedata.photo_faces import find_boxes, frame_faces
+from infra.pool import imap_unordered
 from pipelines import anonymise_photos, config
 from pipelines.layout import Layout
-from tests.helpers import REPO
+from tests.helpers import REPO, deadline
 
 PARAMS = REPO / "params.yaml"
 #: In-the-wild CelebA mini photos: two faces (1063x1600), one face at 3288x5124, no face dlib finds.
@@ -171,3 +172,18 @@ def test_ciagan_anonymises_every_face_of_a_photo(celeba_wild_root, tmp_path):
     assert report.loc[name, ["faces_found", "anonymised", "status"]].tolist() == [2, 2, "ok"]
     assert not np.array_equal(np.asarray(Image.open(tmp_path / "out" / name)),
                               np.asarray(Image.open(tmp_path / "in" / name)))
+
+
+def cnn_faces(side: int) -> int:
+    """Faces dlib's CNN finds in a grey square (none), run in a worker process."""
+    return len(LandmarkDetector(1, "cnn").load().detect_cnn(np.full((side, side, 3), 128, np.uint8)))
+
+
+def test_the_cnn_fallback_runs_in_workers_so_this_process_can_still_fork_them(tmp_path):
+    (tmp_path / "in").mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (100, 120), (128, 128, 128)).save(tmp_path / "in" / name)
+    report = run(tmp_path / "in", tmp_path / "out", "--method", "blur")
+    assert (report["status"] == "no_face").all() and "HOG and CNN found no face" in report["reason"].iloc[0]
+    with deadline(60):  # workers forked from a process that ran dlib's CNN hang in their first CNN call
+        assert sorted(faces for _, faces in imap_unordered(cnn_faces, [100, 120], 2)) == [0, 0]
