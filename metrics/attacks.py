@@ -57,7 +57,9 @@ def gallery(inputs: MetricInputs) -> tuple[MetricInputs, pd.DataFrame]:
     if not (folder / "manifest.csv").is_file():
         raise DataError(f"{folder}: no parrot gallery; the anonymise stage builds it when evaluate.metrics has a "
                         "parrot metric: re-run `dvc repro anonymise@<method>`")
-    return dataclasses.replace(inputs, images=folder, _selection={}), ANONYMISED.read(folder / "manifest.csv")
+    # Each pair's own anonymised first photo, whatever image stands for its second (evaluate.lfw_unit).
+    return (dataclasses.replace(inputs, images=folder, shown=None, _selection={}),
+            ANONYMISED.read(folder / "manifest.csv"))
 
 
 def _with_gallery(inputs: MetricInputs, gallery_inputs: MetricInputs, *prepared: str) -> tuple[pd.DataFrame, Counter]:

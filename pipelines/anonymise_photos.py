@@ -4,13 +4,14 @@
 
 Each photo below IN_DIR (.jpg .jpeg .png .bmp .tif .tiff .webp, any depth) is searched for
 faces as `prepare` searches (dlib HOG with its CNN fallback, on a copy at most
-`prepare.detect_max_side` large, in `prepare.workers` processes); every face found is framed in the canonical 220x180 frame at
-the photo's full resolution, anonymised, and pasted back through its transform with the face mask
-(`facedata.pasteback`). The photo is written, upright and without its metadata, under the same
-relative path in OUT_DIR, in its own format; OUT_DIR/faces.csv has one row per photo: path,
-faces_found, anonymised, failed, status (ok, exists, no_face, unreadable, too_large,
-too_small, missing, failed) and reason. A photo that cannot be used is a row, never a stop, and is
-not written: a photo is written only with every face found anonymised.
+`prepare.detect_max_side` large, in `prepare.workers` processes); every face found is framed in
+the canonical 220x180 frame at the photo's full resolution, anonymised, and pasted back through
+its transform with the face mask (`facedata.pasteback`). The photo is written, upright and
+without its metadata, under the same relative path in OUT_DIR, in its own format;
+OUT_DIR/faces.csv has one row per photo: path, faces_found, anonymised, failed, status (ok,
+exists, no_face, unreadable, too_large, too_small, missing, failed) and reason. A photo that
+cannot be used is a row, never a stop, and is not written: a photo is written only with every
+face found anonymised.
 
 Faces are numbered in the run's order (photos by path, faces left to right). Methods that need
 more than the face:

@@ -30,7 +30,7 @@ from infra.records import (
     TestSet,
     pair_table,
 )
-from metrics import facenet, registry, weights
+from metrics import attacks, facenet, registry, weights
 from metrics.fid import clean_resize, frechet_distance, kernel_inception_distance, statistics
 from metrics.pose import normalised_l1
 from metrics.reid import best_threshold, cross_validate
@@ -475,6 +475,15 @@ def test_one_image_per_source_keeps_the_last_pair_naming_each_and_shows_its_imag
     assert per_image.image_path(0) == tmp_path / "0.png" and per_image.pairs.manifest["source"].is_unique
     assert [per_pair.image_path(p).name for p in range(8)] == ["7.png", "3.png", *(f"{p}.png" for p in range(2, 8))]
     assert per_pair.pairs.manifest.equals(shared_sources.manifest) and inputs.image_path(0) == tmp_path / "0.png"
+
+
+def test_the_parrot_gallery_shows_each_pair_its_own_first_photo_whatever_the_unit(shared_sources, tmp_path):
+    (tmp_path / "gallery").mkdir()
+    ANONYMISED.write(tmp_path / "gallery" / "manifest.csv",
+                     shared_sources.manifest[["pair_id", "source", "condition"]].assign(status="ok"))
+    _, per_pair = registry.MetricInputs(shared_sources, images=tmp_path).one_image_per_source()
+    assert per_pair.image_path(0) == tmp_path / "7.png"
+    assert attacks.gallery(per_pair)[0].image_path(0) == tmp_path / "gallery" / "0.png"
 
 
 def test_the_stage_counts_image_metrics_per_second_photo_and_pair_metrics_per_pair(shared_sources, tmp_path):
