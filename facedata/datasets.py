@@ -225,10 +225,10 @@ def lfw_identity(key: str) -> str:
     return key.split("/", 1)[0]
 
 
-def list_images(folder: Path, keys: Iterable[str] | None = None) -> list[str]:
-    """Keys (paths relative to `folder`) of the JPEG images in it, sorted; or the given keys, sorted."""
+def list_images(folder: Path, keys: Iterable[str] | None = None,
+                suffixes: tuple[str, ...] = (".jpg", ".jpeg", ".png")) -> list[str]:
+    """Keys (paths relative to `folder`) of the image files in it with one of `suffixes`, sorted; or `keys`, sorted."""
     if keys is not None:
         return sorted(set(keys))
-    return sorted(
-        p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")
-    )
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                  if p.suffix.lower() in suffixes and p.is_file())

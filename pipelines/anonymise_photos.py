@@ -43,6 +43,7 @@ import pipelines
 from baselines import catalogue
 from baselines.interface import Anonymiser, FaceBatch, RunContext, check_output, create
 from facedata.crops import PrepareConfig, PreparedFace, prepare_face
+from facedata.datasets import list_images
 from facedata.images import ImageError, decode
 from facedata.landmarks import LandmarkDetector
 from facedata.pasteback import FEATHER, paste_back
@@ -129,8 +130,7 @@ def check_folders(in_dir: Path, out_dir: Path) -> None:
 
 def photos(in_dir: Path) -> list[str]:
     """The photos below `in_dir` as sorted relative POSIX paths."""
-    return sorted(path.relative_to(in_dir).as_posix() for path in in_dir.rglob("*")
-                  if path.suffix.lower() in PHOTO_SUFFIXES and path.is_file())
+    return list_images(in_dir, suffixes=PHOTO_SUFFIXES)
 
 
 def face_label(relpath: str, index: int) -> str:

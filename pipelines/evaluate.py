@@ -98,8 +98,8 @@ def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> Re
         interval=settings.interval,
     )
     unit = settings.lfw_unit if dataset == "lfw" else "pair"
-    by_unit = dict(zip(("image", "pair"), inputs.one_image_per_source() if unit == "second_photo" else (inputs,) * 2,
-                       strict=True))
+    per_image, per_pair_inputs = inputs.one_image_per_source() if unit == "second_photo" else (inputs, inputs)
+    by_unit = {"image": per_image, "pair": per_pair_inputs}
     results, per_pair = {}, pd.DataFrame({"pair_id": pairs.manifest["pair_id"]})
     features = NO_FEATURES
     for name in settings.metrics:
