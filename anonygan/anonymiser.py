@@ -25,6 +25,7 @@ class AnonyGAN(Anonymiser):
     """A trained AnonyGAN checkpoint; `anonymisers.anonygan` sets the inference conventions."""
 
     needs_condition_faces = True
+    any_frame = True  # fully convolutional: the authors ran it on whole 256x256 LFW photos
 
     def __init__(self, model: AnonyGANInference):
         self.model = model

@@ -134,3 +134,5 @@ class InferenceConfig:
     # face region (mask) comes from the generator, the rest is the source crop.
     output: Literal["raw", "composited"] = "raw"
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on CUDA only; CPU always runs fp32
+    # round: each level to the nearest | truncate: toward zero, as the authors' tensor2im (src/models/utils.py l.60-65)
+    quantise: Literal["round", "truncate"] = "round"

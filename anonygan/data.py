@@ -30,10 +30,11 @@ def to_unit_range(images: Tensor) -> Tensor:
     return images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def to_uint8(images: Tensor) -> np.ndarray:
-    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8."""
+def to_uint8(images: Tensor, quantise: str = "round") -> np.ndarray:
+    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8, each level rounded or, as the authors' `tensor2im`, truncated."""
     scaled = (images.float().clamp(-1, 1) + 1.0) * 127.5
-    return scaled.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    levels = scaled.round() if quantise == "round" else scaled.floor()  # non-negative: floor is truncation
+    return levels.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def landmark_maps(landmarks: Tensor, indices: Sequence[int], height: int, width: int) -> Tensor:

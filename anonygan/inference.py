@@ -61,7 +61,7 @@ class AnonyGANInference:
                                  f"{start + len(generated) - 1}: the checkpoint is untrained or broken")
             if self.config.output == "composited":
                 generated = composite(generated.float(), x.source, x.mask)
-            out[part] = to_uint8(generated)
+            out[part] = to_uint8(generated, self.config.quantise)
         return out
 
 

@@ -142,6 +142,8 @@ def _cell_of(positions: np.ndarray, start: np.ndarray, stop: np.ndarray, cells: 
 class Blur(Anonymiser):
     """Gaussian blur of the face region (paper: 101 x 101 kernel)."""
 
+    any_frame = True
+
     def __init__(self, config: BlurConfig = BlurConfig()):
         self.kernel_size = config.kernel_size
         self.sigma = opencv_sigma(config.kernel_size) if config.sigma is None else config.sigma
@@ -156,6 +158,8 @@ class Blur(Anonymiser):
 
 class Pixelate(Anonymiser):
     """Mosaic of the face region (paper: 10 x 10)."""
+
+    any_frame = True
 
     def __init__(self, config: PixelateConfig = PixelateConfig()):
         self.cells, self.grid, self.colour = config.cells, config.grid, config.colour

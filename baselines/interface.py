@@ -38,7 +38,7 @@ from infra.errors import DataError
 
 @dataclass(frozen=True)
 class FaceBatch:
-    """Prepared faces to anonymise, all in the canonical crop frame (crop coordinates)."""
+    """Prepared faces to anonymise, all in one frame: the canonical crop, or any for an `Anonymiser.any_frame`."""
 
     pair_ids: list[int]
     source: np.ndarray  # (N, H, W, 3) uint8, the faces to anonymise
@@ -99,6 +99,9 @@ class Anonymiser(ABC):
     needs_condition_faces: ClassVar[bool] = False
     #: It only returns images another program wrote for the benchmark's pairs, so it cannot anonymise new faces.
     reads_stored_images: ClassVar[bool] = False
+    #: It anonymises a face in any frame, given the image, the face's mask and landmarks in it (blur, pixelation,
+    #: AnonyGAN); the others get canonical crops, pasted back where the stage works in another frame (LFW's photo).
+    any_frame: ClassVar[bool] = False
 
     @classmethod
     def from_config(cls, settings: Any, context: RunContext) -> Anonymiser:

@@ -11,5 +11,7 @@ from baselines.interface import Anonymiser, FaceBatch
 class Original(Anonymiser):
     """Returns the source crops unchanged."""
 
+    any_frame = True
+
     def anonymise(self, batch: FaceBatch) -> np.ndarray:
         return batch.source.copy()

@@ -143,6 +143,19 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
+#: File suffix of each anonymise.image_format.
+IMAGE_SUFFIX = {"png": ".png", "jpeg75": ".jpg"}
+
+
+def encoded(array: np.ndarray, image_format: str) -> bytes:
+    """A uint8 image as PNG bytes, or as the AnonyGAN authors' files: PIL's JPEG defaults (quality 75, 4:2:0)."""
+    if image_format == "png":
+        return png_bytes(array)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=75, subsampling="4:2:0")
+    return buffer.getvalue()
+
+
 def png_bytes(array: np.ndarray) -> bytes:
     """A uint8 image as PNG bytes (lossless; fast compression: crops are written once and read often)."""
     buffer = io.BytesIO()

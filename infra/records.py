@@ -210,6 +210,8 @@ class AnonymiseSummary:
     skipped: int
     seconds: float
     not_available: str | None = None
+    frame: str = "crop"  # evaluate.lfw_frame on LFW: the frame of the images (crop | photo)
+    image_format: str = "png"  # anonymise.image_format: how the images are stored (png | jpeg75)
 
     @classmethod
     def read(cls, path: str | Path) -> AnonymiseSummary:
@@ -235,6 +237,8 @@ class TestSet:
     n_skipped: int
     skipped: dict[str, int] = field(default_factory=dict)
     unit: str = "pair"  # LFW's evaluate.lfw_unit: what the image metrics counted (pair | second_photo)
+    frame: str = "crop"  # LFW's evaluate.lfw_frame: what every metric read (crop | photo, the 256x256 photos)
+    image_format: str = "png"  # anonymise.image_format of the anonymised images (png | jpeg75)
 
 
 @dataclass(frozen=True)

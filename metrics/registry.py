@@ -80,7 +80,7 @@ class PairSet:
 
 @dataclass(frozen=True)
 class MetricInputs:
-    """What a metric reads: pairs, real crops and a folder of anonymised crops `<pair_id>.png`.
+    """What a metric reads: pairs, real faces (crops, or LFW's photo frame) and a folder of anonymised images.
 
     `calibration` holds real LFW pairs for the verification metrics' thresholds; on LFW
     itself it may stay None (the dataset calibrates itself).
@@ -95,6 +95,7 @@ class MetricInputs:
     workers: int = 0  # processes for the CPU-bound dlib work; 0 = all cores
     interval: IntervalOptions = IntervalOptions()  # how each metric states its uncertainty (metrics.uncertainty)
     shown: Mapping[int, int] | None = None  # pair id -> the pair id whose image stands for it; None: its own
+    image_suffix: str = ".png"  # of the anonymised images, `<pair_id><suffix>` (anonymise.image_format)
     _selection: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -103,7 +104,7 @@ class MetricInputs:
 
     def image_path(self, pair_id: int) -> Path:
         shown = pair_id if self.shown is None else self.shown[int(pair_id)]
-        return Path(self.images) / f"{int(shown)}.png"
+        return Path(self.images) / f"{int(shown)}{self.image_suffix}"
 
     def one_image_per_source(self) -> tuple[MetricInputs, MetricInputs]:
         """(per image, per pair) inputs as the authors' LFW folder held the images: one per distinct source photo.

@@ -87,6 +87,8 @@ class AnonymiseConfig:
     batch_size: Annotated[int, at_least(1)] = 32  # faces per anonymiser call
     # The parrot's gallery (pipelines.gallery): anonymised with the probe's condition or another identity's
     gallery_condition: Literal["same", "different"] = "different"
+    # png: lossless | jpeg75: as the AnonyGAN authors saved their outputs (PIL's JPEG defaults: quality 75, 4:2:0)
+    image_format: Literal["png", "jpeg75"] = "png"
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,9 @@ class EvaluateConfig:
     # LFW: pair (each of pairs.txt's pairs, one anonymised image each) | second_photo (the authors' folder: one image
     # per distinct second photo, that of the last pair naming it; pair metrics read it for every pair naming it)
     lfw_unit: Literal["pair", "second_photo"] = "pair"
+    # LFW: crop (the 220x180 eye-centred crop, every dataset's frame) | photo (the authors': the whole photo resized to
+    # 256x256, facedata.photo_frame; methods that only take crops are pasted back into it). Read by anonymise too.
+    lfw_frame: Literal["crop", "photo"] = "crop"
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,10 @@ class Params:
             else:
                 raise ParamsError(f"params.yaml has no '{'.'.join(dotted.split('.')[:depth + 1])}' section")
         return node
+
+    def frame(self, dataset: str) -> str:
+        """The frame `dataset` is anonymised and measured in: `evaluate.lfw_frame` on LFW, the crop elsewhere."""
+        return self.evaluate.lfw_frame if dataset == "lfw" else "crop"
 
     def variant(self, name: str) -> Variant:
         """The model and training settings of AnonyGAN variant `name`."""

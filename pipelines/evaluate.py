@@ -12,7 +12,9 @@ the anonymise stage marked not available gets {"not_available": {"reason": ...}}
 metric. Real-set statistics and embeddings are cached under evaluate.cache, so each is computed
 once per dataset, not once per method. On LFW, `evaluate.lfw_unit: second_photo` counts the image
 metrics over one image per distinct second photo, as the authors' folder held them
-(MetricInputs.one_image_per_source).
+(MetricInputs.one_image_per_source), and `evaluate.lfw_frame: photo` measures the 256x256 photos
+(stage photo-frame) instead of the crops: the real images FID, pose and verification read are then
+the real photos in that frame.
 
     python -m pipelines.evaluate <method>
 """
@@ -27,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from facedata.datasets import DATASETS
+from facedata.images import IMAGE_SUFFIX
 from facedata.prepared import PreparedDataset
 from infra.errors import DataError
 from infra.fetch import ChecksumError
@@ -53,22 +56,27 @@ NO_FEATURES = FeatureSets(np.zeros((0, FEATURES), np.float32), np.zeros((0, FEAT
                           np.zeros(0, np.int64), "none")
 
 
-def pair_set(layout: Layout, dataset: str) -> registry.PairSet:
-    """The test pairs with their prepared photos and the folder of the original photos (download's record)."""
+def pair_set(layout: Layout, dataset: str, frame: str = "crop") -> registry.PairSet:
+    """The test pairs, their prepared photos in `frame` and the folder of the original photos (download's record)."""
     source = json.loads(require(layout.source(dataset), f"download@{dataset}").read_text())
     return registry.PairSet(TEST_PAIRS[dataset].read(require(layout.test_pairs(dataset), "pairs")),
-                            PreparedDataset(layout.prepared(dataset)), photos=Path(source["images_dir"]))
+                            PreparedDataset(require(layout.framed(dataset, frame), "photo-frame")),
+                            photos=Path(source["images_dir"]))
 
 
-def check_outputs(images: Path, method: str) -> None:
-    """A DataError naming the first image that anonymise@<method>'s manifest lists as written but is missing.
+def check_outputs(images: Path, summary: AnonymiseSummary, frame: str, method: str) -> None:
+    """A DataError where the images are of another frame, or where manifest.csv lists an image that is missing.
 
     A damaged output folder would otherwise be evaluated with those pairs skipped, as if never anonymised.
     """
+    if summary.frame != frame:
+        raise DataError(f"{images} holds images in the {summary.frame} frame but evaluate.lfw_frame is {frame}: run "
+                        f"`dvc repro anonymise@{method}`")
     written = ANONYMISED.read(images / "manifest.csv")
     for pair_id in written.loc[written["status"] == "ok", "pair_id"]:
-        if not (images / f"{pair_id}.png").is_file():
-            raise DataError(f"{images}: {pair_id}.png is missing although manifest.csv lists it as anonymised: the "
+        name = f"{pair_id}{IMAGE_SUFFIX[summary.image_format]}"
+        if not (images / name).is_file():
+            raise DataError(f"{images}: {name} is missing although manifest.csv lists it as anonymised: the "
                             f"folder is damaged; re-run `dvc repro --force anonymise@{method}`")
 
 
@@ -77,8 +85,10 @@ def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> Re
     settings = params.evaluate
     images = layout.outputs(dataset, method)
     require(images / "manifest.csv", f"anonymise@{method}")
-    pairs = pair_set(layout, dataset)
-    reason = AnonymiseSummary.read(require(images / "summary.json", f"anonymise@{method}")).not_available
+    frame = params.frame(dataset)
+    pairs = pair_set(layout, dataset, frame)
+    summary = AnonymiseSummary.read(require(images / "summary.json", f"anonymise@{method}"))
+    reason = summary.not_available
     if reason is not None:
         results = Results(pairs_counted(len(pairs.manifest), Counter({"method not available": len(pairs.manifest)})),
                           not_available=reason)
@@ -87,7 +97,7 @@ def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> Re
         results.write(layout.results(dataset, method))
         print(f"{dataset}/{method}: not evaluated, not available ({reason})")
         return results
-    check_outputs(images, method)
+    check_outputs(images, summary, frame, method)
     inputs = registry.MetricInputs(
         pairs,
         images=images,
@@ -96,6 +106,7 @@ def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> Re
         calibration=None if dataset == "lfw" else pair_set(layout, "lfw"),
         batch_size=settings.batch_size,
         interval=settings.interval,
+        image_suffix=IMAGE_SUFFIX[summary.image_format],
     )
     unit = settings.lfw_unit if dataset == "lfw" else "pair"
     per_image, per_pair_inputs = inputs.one_image_per_source() if unit == "second_photo" else (inputs, inputs)
@@ -118,17 +129,19 @@ def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> Re
         shown = f"{value:.6g}" if isinstance(value, float) else value  # 0.06, not 0.06000000000000001
         print(f"{dataset}/{method}: {name} = {shown} (n={result.get('n')}, skipped {result['n_skipped']}, "
               f"{result['seconds']} s)")
-    record = Results(pairs_counted(len(pairs.manifest), by_unit["pair"].evaluable()[1], unit), results)
+    record = Results(pairs_counted(len(pairs.manifest), by_unit["pair"].evaluable()[1], unit, frame,
+                                   summary.image_format), results)
     PAIR_RESULTS.write(layout.pair_results(dataset, method), per_pair)
     features.write(layout.features(dataset, method))
     record.write(layout.results(dataset, method))
     return record
 
 
-def pairs_counted(pairs: int, skipped: Counter, unit: str = "pair") -> TestSet:
+def pairs_counted(pairs: int, skipped: Counter, unit: str = "pair", frame: str = "crop",
+                  image_format: str = "png") -> TestSet:
     """The test set's pairs, and those no metric could use (source photo not prepared, no anonymised image)."""
     return TestSet(pairs, sum(skipped.values()), {reason: int(count) for reason, count in sorted(skipped.items())},
-                   unit)
+                   unit, frame, image_format)
 
 
 def run(params: Params, layout: Layout, method: str) -> dict[str, Results]:

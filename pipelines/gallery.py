@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -37,6 +38,9 @@ from infra.errors import MissingInputError
 from infra.records import ANONYMISED
 from metrics import options
 from pipelines.config import Params
+
+if TYPE_CHECKING:
+    from pipelines.anonymise import Faces
 
 GALLERY = "gallery"
 NO_CONDITION = "-"  # no prepared photo has this key
@@ -80,14 +84,14 @@ def other_conditions(manifest: pd.DataFrame, faces: PreparedDataset, photo: str)
     return chosen
 
 
-def build(params: Params, method: str, context: RunContext, manifest: pd.DataFrame, faces: PreparedDataset,
+def build(params: Params, method: str, context: RunContext, manifest: pd.DataFrame, faces: Faces,
           folder: Path) -> int:
     """Anonymise the gallery of `manifest` into `folder` with a fresh anonymiser of the method; images written."""
     from pipelines.anonymise import anonymise_pairs  # the stage imports this module: no import cycle at load
 
     rule = params.anonymise.gallery_condition
     identities = (SHIFT, *context.identities) if rule == "different" else context.identities
-    rows = gallery_pairs(manifest, faces, rule)
+    rows = gallery_pairs(manifest, faces.framed, rule)
     folder.mkdir()
     try:  # a third-party folder method reads its gallery from <root>/<dataset>/gallery/
         anonymiser = create(params.method(method).anonymiser_name(method), params.anonymiser_settings(method),

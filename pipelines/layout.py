@@ -37,6 +37,10 @@ class Layout:
     def prepared(self, dataset: str) -> Path:
         return self.root / "data" / "prepared" / dataset
 
+    def framed(self, dataset: str, frame: str) -> Path:
+        """The prepared faces in `frame`: `crop`, prepare's canonical crops; `photo`, photo-frame's 256x256 photos."""
+        return self.prepared(dataset) if frame == "crop" else self.root / "data" / "prepared" / f"{dataset}-{frame}"
+
     @property
     def pairs(self) -> Path:
         return self.root / "data" / "pairs"

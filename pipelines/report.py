@@ -20,11 +20,11 @@ import pandas as pd
 import seaborn as sns
 import yaml
 
-from facedata.images import read_rgb
+from facedata.images import IMAGE_SUFFIX, read_rgb
 from facedata.prepared import PreparedDataset
 from infra.atomic import atomic_path, write_bytes, write_table
 from infra.errors import MissingInputError, ParamsError
-from infra.records import ANONYMISED, PAIR_RESULTS, Results
+from infra.records import ANONYMISED, PAIR_RESULTS, AnonymiseSummary, Results
 from pipelines import attacks, stage
 from pipelines.config import Params
 from pipelines.layout import Layout
@@ -235,12 +235,14 @@ def qualitative(layout: Layout, dataset: str, methods: list[str], names: dict[st
     ready = set.intersection(*(set(f.loc[f["status"] == "ok", "pair_id"]) for f in manifests.values()))
     first = next(iter(manifests.values()))
     rows = first[first["pair_id"].isin(ready)].head(pairs)
-    faces = PreparedDataset(layout.prepared(dataset))
+    summaries = {m: AnonymiseSummary.read(layout.outputs(dataset, m) / "summary.json") for m in shown}
+    faces = PreparedDataset(layout.framed(dataset, summaries[shown[0]].frame))  # the frame the methods were shown in
     columns = ["condition", "source", *shown]
     figure, axes = plt.subplots(len(rows), len(columns), figsize=(1.2 * len(columns), 1.5 * len(rows)), squeeze=False)
     for r, row in enumerate(rows.itertuples()):
         images = [faces.crop(row.condition), faces.crop(row.source)]
-        images += [read_rgb(layout.outputs(dataset, m) / f"{row.pair_id}.png") for m in shown]
+        images += [read_rgb(layout.outputs(dataset, m) / f"{row.pair_id}{IMAGE_SUFFIX[summaries[m].image_format]}")
+                   for m in shown]
         for c, image in enumerate(images):
             axes[r, c].imshow(image)
             axes[r, c].set_xticks([])

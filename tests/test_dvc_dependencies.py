@@ -27,7 +27,7 @@ from tests.helpers import REPO, module_imports, params_mapping
 
 #: The project's top-level packages: imports of anything else (torch, numpy, ...) are not followed.
 PACKAGES = ("anonygan", "baselines", "facedata", "infra", "metrics", "pipelines", "runtime")
-DATA_STAGES = ("pipelines.download", "pipelines.prepare", "pipelines.pairs")
+DATA_STAGES = ("pipelines.download", "pipelines.prepare", "pipelines.photo_frame", "pipelines.pairs")
 #: What the data stages may import of the model, method and metric packages: their settings, which checking
 #: params.yaml needs, and nothing that computes.
 SETTINGS_MODULES = {"anonygan", "anonygan.config", "baselines", "baselines.catalogue", "baselines.settings",

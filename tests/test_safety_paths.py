@@ -14,7 +14,8 @@ import textwrap
 import pytest
 
 from infra.atomic import OutsideError, aside_path, finish_swap, remove_inside, swap_in
-from infra.errors import ParamsError
+from infra.errors import DataError, ParamsError
+from infra.records import AnonymiseSummary
 from infra.settings import slug
 from pipelines import anonymise, evaluate, report
 from pipelines.config import from_mapping
@@ -127,7 +128,10 @@ def test_evaluate_refuses_an_output_folder_missing_images_of_its_manifest(tmp_pa
         write_source(layout, dataset, tmp_path / "photos")
     anonymise.run(params(), layout, "original")
     images = layout.outputs("celeba", "original")
-    evaluate.check_outputs(images, "original")  # whole: accepted
+    summary = AnonymiseSummary.read(images / "summary.json")
+    evaluate.check_outputs(images, summary, "crop", "original")  # whole: accepted
+    with pytest.raises(DataError, match="holds images in the crop frame but evaluate.lfw_frame is photo"):
+        evaluate.check_outputs(images, summary, "photo", "original")  # LFW's frame changed since anonymise
     (images / "0.png").unlink()  # half-deleted behind the manifest's back
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:
