@@ -479,13 +479,18 @@ def test_checkpoint_round_trip_through_the_inference_api(trained, small_pairs):
     with torch.no_grad():
         x = trainer.inputs(batch, training=False)
         expected = trainer.generator(x.condition, x.context, x.condition_maps, x.source_maps)
-    expected = ((expected.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    levels = (expected.clamp(-1, 1) + 1) * 127.5
+    truncated_levels = levels.numpy().astype(np.uint8).transpose(0, 2, 3, 1)  # the authors' tensor2im: astype(uint8)
+    expected = levels.round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
     args = (arrays["source"], arrays["source_landmarks"], arrays["mask"], arrays["condition"],
             arrays["condition_landmarks"])
     raw = AnonyGANInference.from_checkpoint(checkpoint, device="cpu", batch_size=2).anonymise(*args)
     assert raw.dtype == np.uint8 and raw.shape == (3, *SMALL, 3)
     assert np.array_equal(raw, expected)
+    truncated = AnonyGANInference.from_checkpoint(checkpoint, InferenceConfig(quantise="truncate"),
+                                                  device="cpu").anonymise(*args)
+    assert np.array_equal(truncated, truncated_levels) and (raw - truncated <= 1).all() and (raw != truncated).any()
 
     composited = AnonyGANInference.from_checkpoint(checkpoint, InferenceConfig(output="composited"),
                                                    device="cpu").anonymise(*args)

@@ -20,7 +20,8 @@ import yaml
 from PIL import Image
 
 from facedata import datasets
-from infra.records import ANONYMISED, ReleaseStatus, Results
+from facedata.prepared import PreparedDataset
+from infra.records import ANONYMISED, AnonymiseSummary, ReleaseStatus, Results
 from metrics import weights
 from pipelines.profile import apply
 from tests.helpers import PROTOCOL_LIST, dvc, git, repository_copy
@@ -91,7 +92,7 @@ def test_every_stage_ran_and_a_second_repro_does_nothing(small_run):
         assert f"Running stage 'anonymise@{method}'" in log and f"Running stage 'evaluate@{method}'" in log
     for method in RELEASED:
         assert f"Running stage 'download-released@{method}'" in log
-    assert "Running stage 'report'" in log
+    assert "Running stage 'report'" in log and "Running stage 'photo-frame'" in log
     assert "Data and pipelines are up to date" in dvc(workdir, "repro")
 
 
@@ -257,6 +258,39 @@ def test_a_third_party_folder_becomes_an_extra_row(small_run):
             # A mirrored face is still a face, unlike a blurred one.
             assert frame.loc["mirror", "detection_dlib"] > frame.loc["blur", "detection_dlib"], dataset
     finally:
+        for path, content in saved.items():
+            path.write_bytes(content)
+        dvc(workdir, "checkout", "--force")
+
+
+def test_the_lfw_part_runs_in_the_authors_photo_frame(small_run):
+    """`evaluate.lfw_frame: photo`: on LFW the methods work on, and are measured on, the whole photos at 256x256."""
+    workdir, _ = small_run
+    saved = {path: path.read_bytes() for path in (workdir.params_file, workdir.root / "dvc.lock")}
+    set_params(workdir, lambda params: params["evaluate"].update(lfw_frame="photo"))
+    try:
+        log = dvc(workdir, "repro", "evaluate@blur", "evaluate@ciagan", "anonymise@anonygan-68")
+        assert "Running stage 'anonymise@anonygan-68'" in log and "Running stage 'train@" not in log
+        photos = PreparedDataset(workdir.framed("lfw", "photo"))
+        for method in ("blur", "ciagan", "anonygan-68"):
+            assert AnonymiseSummary.read(workdir.outputs("celeba", method) / "summary.json").frame == "crop"
+            summary = AnonymiseSummary.read(workdir.outputs("lfw", method) / "summary.json")
+            manifest = ANONYMISED.read(workdir.outputs("lfw", method) / "manifest.csv")
+            assert summary.frame == "photo" and summary.anonymised == (manifest["status"] == "ok").sum() > 50
+            for row in manifest[manifest["status"] == "ok"].head(5).itertuples():
+                with Image.open(workdir.outputs("lfw", method) / f"{row.pair_id}.png") as image:
+                    anonymised = np.asarray(image.convert("RGB"))
+                photo, mask = photos.crop(row.source), photos.mask(row.source)
+                assert anonymised.shape == (256, 256, 3), method
+                changed = (anonymised != photo).any(axis=2)
+                if method != "anonygan-68":  # blur and CIAGAN's pasted crop change the face, not the background
+                    assert changed[mask].mean() > 0.5 and changed[~mask].mean() < 0.1, (method, row.pair_id)
+        for method in ("blur", "ciagan"):
+            results = Results.read(workdir.results("lfw", method))
+            assert results.test_set.frame == "photo" and results.test_set.image_format == "png"
+            assert results.value("fid") > 0 and 0 <= results.value("detection_dlib") <= 1, method
+            assert Results.read(workdir.results("celeba", method)).test_set.frame == "crop"
+    finally:  # the other tests read the crop-frame run: put it back
         for path, content in saved.items():
             path.write_bytes(content)
         dvc(workdir, "checkout", "--force")
