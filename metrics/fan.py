@@ -2,14 +2,18 @@
 
 The authors' `compute_pose_bis` (evaluation/evaluate.py) builds
 `face_alignment.FaceAlignment(LandmarksType._2D, flip_input=False)`: the SFD face detector
-(filter threshold 0.5), then the large 2D FAN on each box, and keeps the first face found
-(`preds[0]`, the highest SFD score). We build the same object (without torch.compile, which
+(filter threshold 0.5), then the large 2D FAN on each box; `fa.get_landmarks(io.imread(path))`
+returns one face per box in the order SFD returned the boxes, and they keep `preds[0]`. In
+face_alignment 1.5.0 (pinned here) that order is its non-maximum suppression's, by descending
+score (`detection/sfd/bbox.py`, `nms`), so `preds[0]` is the face of the best-scoring box; the
+authors did not pin face_alignment. We build the same object (without torch.compile, which
 only changes speed) and call the same `get_landmarks` on the whole RGB image.
 
-face_alignment fetches both networks' weights into the torch hub cache itself
-(`<hub>/checkpoints/`, file names from its own URLs); where that fails (offline) the metric is
-not computed. Neither file has a published digest, so none is checked; the SHA-256 of each
-file used is recorded with the result instead.
+It is `pose_error`'s default detector. face_alignment fetches both networks' weights into the
+torch hub cache itself (`<hub>/checkpoints/`, file names from its own URLs); where that fails
+(offline) the metric is not computed, and the error names each file, its URL and where to put
+it. Neither file has a published digest, so none is checked; the SHA-256 of each file used is
+recorded with the result instead.
 """
 
 from __future__ import annotations

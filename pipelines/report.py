@@ -176,7 +176,8 @@ def pose_errors(layout: Layout, all_results: dict, target: Path) -> None:
     figure, axis = plt.subplots(figsize=(12, 4))
     if frames:
         sns.boxplot(pd.concat(frames), x="method", y="pose_error", hue="dataset", ax=axis, showfliers=False)
-    axis.set(ylabel="pose error (L1 / outer-eye distance)", title="pose error per image (faces dlib found)")
+    axis.set(ylabel="pose error (L1 / outer-eye distance)",
+             title="pose error per image (where its detector found both faces)")
     axis.tick_params(axis="x", rotation=45)
     save_figure(figure, target)
 

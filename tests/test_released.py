@@ -470,6 +470,7 @@ def pipeline_params(**released) -> dict:
                           if name in ("original", "anonygan-released", "ciagan-released")}
     mapping["released"] = {name: {**entry, **released.get(name, {})} for name, entry in mapping["released"].items()}
     mapping.update(anonymise={"batch_size": 3}, evaluate={"metrics": ["detection_dlib", "pose_error"]})
+    mapping["metrics"]["pose_error"]["detector"] = "dlib"  # FAN's weights cannot be fetched offline
     return mapping
 
 

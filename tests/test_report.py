@@ -118,6 +118,7 @@ def test_small_profile_applies_to_params_and_keeps_comments(tmp_path):
     assert applied["train"]["epochs"] == 1 and applied["train"]["lr_generator"] == 2.0e-4  # untouched
     assert applied["evaluate"]["metrics"] == ["fid", "kid", "pose_error", "detection_dlib", "detection_mtcnn",
                                               "verification_dlib", "verification_dlib_parrot", "condition_leak"]
+    assert applied["metrics"]["pose_error"]["detector"] == "dlib"  # offline, FAN (the default) is not computed
     assert from_mapping(applied).ciagan.model.image_size == 32  # a valid configuration
     with pytest.raises(ParamsError, match="no profile"):
         apply("huge", layout)
