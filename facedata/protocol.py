@@ -37,6 +37,10 @@ class CelebaPairs:
     train_pairs_per_identity: Annotated[int, at_least(1)] = 20  # 1,200 x 20 = the protocol's 24,000 training pairs
     same_image_ratio: Annotated[float, unit_interval] = 0.75  # hybrid training: share with condition = source
     different_pairs: Literal["same_identity", "any_identity"] = "same_identity"  # authors' code | any identity
+    # The next identity's photo a test photo is conditioned on: rotate, photo j mod m for the identity's j-th photo |
+    # fixed, its first prepared photo for all of them (the authors' fair.csv: one condition per identity; which one
+    # they chose is unpublished)
+    test_condition: Literal["rotate", "fixed"] = "rotate"
 
 
 @dataclass(frozen=True)
@@ -171,7 +175,7 @@ def celeba_pairs(index: pd.DataFrame, listed: Sequence[str], settings: CelebaPai
                 {
                     "fold": 1,
                     "source": key,
-                    "condition": conditions[j % len(conditions)],
+                    "condition": conditions[j % len(conditions) if settings.test_condition == "rotate" else 0],
                     "source_identity": identity,
                     "condition_identity": next_identity,
                     "source_status": status[key],

@@ -81,6 +81,18 @@ def test_every_test_identity_is_paired_with_the_next_one():
         assert int(condition) == int(identity) % 20 + 1
 
 
+def test_test_conditions_rotate_through_the_next_identitys_photos_or_stay_fixed_as_the_authors():
+    listed = [str(i) for i in range(1, 7)]
+    index = index_of({"1": 2, "2": 2, "3": 2, "4": 5, "5": 3, "6": 2})
+    for rule, expected in (("rotate", ["5_00.jpg", "5_01.jpg", "5_02.jpg", "5_00.jpg", "5_01.jpg"]),
+                           ("fixed", ["5_00.jpg"] * 5)):
+        _, test, _ = celeba_pairs(index, listed, CelebaPairs(train_identities=3, test_identities=3,
+                                                             test_condition=rule), seed=0)
+        assert list(test.loc[test["source_identity"] == "4", "condition"]) == expected, rule
+        assert set(test.loc[test["source_identity"] == "6", "condition"]) == (
+            {"1_00.jpg", "1_01.jpg"} if rule == "rotate" else {"1_00.jpg"})
+
+
 def test_failed_test_photos_are_kept_and_flagged_but_never_used_as_conditions():
     index = index_of({str(i): 3 for i in range(1, 6)}, failed={"5_00.jpg", "1_01.jpg"})
     _, test, summary = celeba_pairs(index, [str(i) for i in range(1, 6)], SETTINGS, seed=0)
