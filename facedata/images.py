@@ -147,6 +147,11 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
 IMAGE_SUFFIX = {"png": ".png", "jpeg75": ".jpg"}
 
 
+def image_file(pair_id: int, image_format: str) -> str:
+    """The file name of a pair's anonymised image: `<pair_id>.png`, or `.jpg` for `jpeg75`."""
+    return f"{int(pair_id)}{IMAGE_SUFFIX[image_format]}"
+
+
 def encoded(array: np.ndarray, image_format: str) -> bytes:
     """A uint8 image as PNG bytes, or as the AnonyGAN authors' files: PIL's JPEG defaults (quality 75, 4:2:0)."""
     if image_format == "png":

@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from facedata.images import image_file
 from facedata.prepared import PreparedDataset, crop_relpath
 from infra import settings
 from infra.errors import DataError
@@ -95,7 +96,7 @@ class MetricInputs:
     workers: int = 0  # processes for the CPU-bound dlib work; 0 = all cores
     interval: IntervalOptions = IntervalOptions()  # how each metric states its uncertainty (metrics.uncertainty)
     shown: Mapping[int, int] | None = None  # pair id -> the pair id whose image stands for it; None: its own
-    image_suffix: str = ".png"  # of the anonymised images, `<pair_id><suffix>` (anonymise.image_format)
+    image_format: str = "png"  # how the anonymised images are stored (anonymise.image_format: png | jpeg75)
     _selection: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -104,7 +105,7 @@ class MetricInputs:
 
     def image_path(self, pair_id: int) -> Path:
         shown = pair_id if self.shown is None else self.shown[int(pair_id)]
-        return Path(self.images) / f"{int(shown)}{self.image_suffix}"
+        return Path(self.images) / image_file(shown, self.image_format)
 
     def one_image_per_source(self) -> tuple[MetricInputs, MetricInputs]:
         """(per image, per pair) inputs as the authors' LFW folder held the images: one per distinct source photo.

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from baselines.interface import Anonymiser, RunContext, check_output, create, identity_order, load_batch
 from facedata.datasets import DATASETS
-from facedata.images import IMAGE_SUFFIX, encoded
+from facedata.images import encoded, image_file
 from facedata.pasteback import paste_back
 from facedata.prepared import PreparedDataset
 from infra.atomic import finish_swap, swap_in, write_bytes
@@ -58,9 +58,6 @@ class Faces:
         frame = params.frame(dataset)
         framed = crops if frame == "crop" else PreparedDataset(require(layout.framed(dataset, frame), "photo-frame"))
         return cls(framed, crops, params.anonymise.image_format)
-
-    def image_file(self, pair_id: int) -> str:
-        return f"{pair_id}{IMAGE_SUFFIX[self.image_format]}"
 
     def anonymised(self, anonymiser: Anonymiser, rows: pd.DataFrame, method: str) -> list[np.ndarray]:
         """The framed images of `rows` anonymised: the method's own output, or its crops pasted back into the frame."""
@@ -120,14 +117,14 @@ def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> An
 
 def anonymise_pairs(anonymiser: Anonymiser, manifest: pd.DataFrame, faces: Faces, staging: Path,
                     batch_size: int, method: str, dataset: str) -> np.ndarray:
-    """Write each pair's image (`faces.image_file`) into `staging` where its photos are ready; each pair's status."""
+    """Write each pair's image (`images.image_file`) into `staging` where its photos are ready; each pair's status."""
     ready = faces.framed.ok.index
     runnable = manifest["source"].isin(ready) & manifest["condition"].isin(ready)
     todo = manifest[runnable]
     for start in tqdm(range(0, len(todo), batch_size), desc=f"{dataset}/{method}", unit="batch", disable=None):
         rows = todo.iloc[start : start + batch_size]
         for pair_id, image in zip(rows["pair_id"], faces.anonymised(anonymiser, rows, method), strict=True):
-            write_bytes(staging / faces.image_file(int(pair_id)), encoded(image, faces.image_format))
+            write_bytes(staging / image_file(pair_id, faces.image_format), encoded(image, faces.image_format))
     # Why a pair was skipped: its source's status in the frame (e.g. not_square), else the pairs stage's (missing, ...)
     framed_status = manifest["source"].map(faces.framed.index["status"])
     reason = framed_status.where(framed_status.notna() & (framed_status != "ok"), manifest["source_status"])

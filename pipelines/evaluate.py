@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from facedata.datasets import DATASETS
-from facedata.images import IMAGE_SUFFIX
+from facedata.images import image_file
 from facedata.prepared import PreparedDataset
 from infra.errors import DataError
 from infra.fetch import ChecksumError
@@ -74,7 +74,7 @@ def check_outputs(images: Path, summary: AnonymiseSummary, frame: str, method: s
                         f"`dvc repro anonymise@{method}`")
     written = ANONYMISED.read(images / "manifest.csv")
     for pair_id in written.loc[written["status"] == "ok", "pair_id"]:
-        name = f"{pair_id}{IMAGE_SUFFIX[summary.image_format]}"
+        name = image_file(pair_id, summary.image_format)
         if not (images / name).is_file():
             raise DataError(f"{images}: {name} is missing although manifest.csv lists it as anonymised: the "
                             f"folder is damaged; re-run `dvc repro --force anonymise@{method}`")
@@ -90,8 +90,8 @@ def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> Re
     summary = AnonymiseSummary.read(require(images / "summary.json", f"anonymise@{method}"))
     reason = summary.not_available
     if reason is not None:
-        results = Results(pairs_counted(len(pairs.manifest), Counter({"method not available": len(pairs.manifest)})),
-                          not_available=reason)
+        results = Results(pairs_counted(len(pairs.manifest), Counter({"method not available": len(pairs.manifest)}),
+                                        frame=frame), not_available=reason)
         PAIR_RESULTS.write(layout.pair_results(dataset, method), pairs.manifest[["pair_id"]])
         NO_FEATURES.write(layout.features(dataset, method))
         results.write(layout.results(dataset, method))
@@ -106,7 +106,7 @@ def run_dataset(params: Params, layout: Layout, method: str, dataset: str) -> Re
         calibration=None if dataset == "lfw" else pair_set(layout, "lfw"),
         batch_size=settings.batch_size,
         interval=settings.interval,
-        image_suffix=IMAGE_SUFFIX[summary.image_format],
+        image_format=summary.image_format,
     )
     unit = settings.lfw_unit if dataset == "lfw" else "pair"
     per_image, per_pair_inputs = inputs.one_image_per_source() if unit == "second_photo" else (inputs, inputs)

@@ -20,7 +20,7 @@ import pandas as pd
 import seaborn as sns
 import yaml
 
-from facedata.images import IMAGE_SUFFIX, read_rgb
+from facedata.images import image_file, read_rgb
 from facedata.prepared import PreparedDataset
 from infra.atomic import atomic_path, write_bytes, write_table
 from infra.errors import MissingInputError, ParamsError
@@ -242,7 +242,7 @@ def qualitative(layout: Layout, dataset: str, methods: list[str], names: dict[st
     figure, axes = plt.subplots(len(rows), len(columns), figsize=(1.2 * len(columns), 1.5 * len(rows)), squeeze=False)
     for r, row in enumerate(rows.itertuples()):
         images = [faces.crop(row.condition), faces.crop(row.source)]
-        images += [read_rgb(layout.outputs(dataset, m) / f"{row.pair_id}{IMAGE_SUFFIX[summaries[m].image_format]}")
+        images += [read_rgb(layout.outputs(dataset, m) / image_file(row.pair_id, summaries[m].image_format))
                    for m in shown]
         for c, image in enumerate(images):
             axes[r, c].imshow(image)

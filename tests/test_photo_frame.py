@@ -19,7 +19,7 @@ from baselines.classic import Blur, blur_inside
 from baselines.interface import Anonymiser, FaceBatch
 from facedata import datasets, photo_frame
 from facedata.framing import face_mask
-from facedata.images import IMAGE_SUFFIX, encoded
+from facedata.images import encoded, image_file
 from facedata.pasteback import blend_weight, paste_back
 from facedata.prepared import PreparedDataset, crop_relpath
 from infra.errors import DataError
@@ -157,7 +157,7 @@ def test_jpeg75_files_are_what_the_authors_pil_call_writes(framed):
     image = photos.crop(photos.ok.index[0])
     authors = io.BytesIO()
     Image.fromarray(image).save(authors, format="JPEG")
-    assert encoded(image, "jpeg75") == authors.getvalue() and IMAGE_SUFFIX["jpeg75"] == ".jpg"
+    assert encoded(image, "jpeg75") == authors.getvalue() and image_file(7, "jpeg75") == "7.jpg"
     assert np.abs(read_rgb_bytes(encoded(image, "jpeg75")).astype(int) - image).mean() > 0.5  # lossy
     assert np.array_equal(read_rgb_bytes(encoded(image, "png")), image)
 
